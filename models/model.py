@@ -1,0 +1,154 @@
+"""SegmentationModel (backbone -> head -> logits at the input size) and its self-describing config.
+
+A model config is plain data (it is stored in every checkpoint), so ``build_model(cfg)`` rebuilds the
+exact architecture without the files it came from::
+
+    {"backbone": "resnet50", "backbone_spec": {...YAML...}, "graph": None, "scale": None,
+     "head": "segment", "head_args": {}, "nc": 11, "aux": False}
+"""
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.contract import Backbone, Head
+from models.heads import AuxHead
+from models.registry import BACKBONES, HEADS
+from utils.errors import UserError
+from utils.yamlio import load_yaml
+
+MODELS_DIR = Path(__file__).resolve().parent
+
+
+class SegmentationModel(nn.Module):
+    """Backbone + head (+ optional auxiliary head). Input: RGB in [0, 1], any H x W. Output: logits, H x W."""
+
+    def __init__(self, backbone: Backbone, head: Head, nc: int, aux_head: Head | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.aux_head = aux_head
+        self.nc = nc
+        self.stride = max(backbone.strides)
+        # Normalisation lives in the model so exported graphs and predict take plain [0, 1] RGB.
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        h, w = x.shape[-2:]
+        x = (x - self.mean) / self.std
+        # Pad (with the mean colour, i.e. zero after normalisation) to a multiple of the largest stride
+        # so every Upsample x2 / Concat pair lines up for any input size; the logits are cropped back.
+        ph, pw = (-h) % self.stride, (-w) % self.stride
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))
+        features = self.backbone(x)
+        out = self._upsample(self.head(features), x, h, w)
+        if self.training and self.aux_head is not None:
+            return out, self._upsample(self.aux_head(features), x, h, w)
+        return out
+
+    @staticmethod
+    def _upsample(logits: torch.Tensor, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if logits.shape[-2:] != padded.shape[-2:]:
+            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
+
+    def fuse(self) -> "SegmentationModel":
+        """Fold BatchNorm (and re-parameterisable branches) into convolutions for inference."""
+        for m in list(self.modules()):
+            if m is not self and hasattr(m, "fuse") and callable(m.fuse):
+                m.fuse()
+        return self
+
+
+_SCALED_NAME = re.compile(r"^(?P<base>.+?\d+)(?P<scale>[nsmlx])(?P<rest>_.*)?$")
+
+
+def split_scale(path: Path) -> tuple[Path, str | None]:
+    """models/yolov8s_seg.yaml -> (models/yolov8_seg.yaml, 's') when only the unscaled file exists."""
+    if path.is_file():
+        return path, None
+    m = _SCALED_NAME.match(path.stem)
+    if m:
+        base = path.with_name(f"{m['base']}{m['rest'] or ''}{path.suffix}")
+        if base.is_file():
+            return base, m["scale"]
+    return path, None
+
+
+def resolve_cfg_path(cfg: str | os.PathLike) -> Path:
+    """Find a model YAML as given, relative to models/, or as models/backbone/<name>.yaml."""
+    p = Path(cfg)
+    for cand in (p, MODELS_DIR / p, MODELS_DIR / p.name, MODELS_DIR / "backbone" / p.name,
+                 MODELS_DIR / "backbone" / f"{p.name}.yaml"):
+        found, _ = split_scale(cand)
+        if found.is_file():
+            return cand
+    raise UserError(f"model YAML '{cfg}' not found (looked in ., {MODELS_DIR}, {MODELS_DIR / 'backbone'})")
+
+
+def model_config(nc: int, backbone: str | None = None, head: str | None = None, cfg: str | None = None,
+                 scale: str | None = None, aux: bool = False, head_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Resolve CLI-level choices (--backbone/--head/--cfg/--scale) into a self-contained model config."""
+    out: dict[str, Any] = {"backbone": backbone, "backbone_spec": None, "graph": None, "scale": scale,
+                           "head": head, "head_args": dict(head_args or {}), "nc": int(nc), "aux": bool(aux)}
+    if head is not None and head not in HEADS:
+        raise UserError(f"--head: unknown head '{head}'; choose from: {', '.join(HEADS.names())}")
+    if cfg:
+        path, file_scale = split_scale(resolve_cfg_path(cfg))
+        data = load_yaml(path)
+        if "source" in data:  # a torchvision backbone spec
+            out.update(backbone=data["name"], backbone_spec=data, head=head or "segment")
+        elif "backbone" in data:  # a YOLO-style graph
+            out.update(backbone=None, graph=data, scale=scale or file_scale, cfg_file=str(path))
+        else:
+            raise UserError(f"{path}: not a model YAML (needs 'source' for a backbone or 'backbone'/'head' rows)")
+        return out
+    name = backbone or "resnet18"
+    if name not in BACKBONES:
+        raise UserError(f"--backbone: unknown backbone '{name}'; choose from: {', '.join(BACKBONES.names())}")
+    out["backbone"] = name
+    spec_file = MODELS_DIR / "backbone" / f"{name}.yaml"
+    if spec_file.is_file():
+        out["backbone_spec"] = load_yaml(spec_file)
+    out["head"] = head or "segment"
+    return out
+
+
+def build_model(cfg: dict[str, Any]) -> SegmentationModel:
+    """Build a randomly initialised SegmentationModel from a model config (see ``model_config``)."""
+    cfg = copy.deepcopy(cfg)
+    nc = int(cfg["nc"])
+    head: Head | None = None
+    if cfg.get("graph") is not None:
+        from models.parser import parse_model  # the YAML graph parser
+
+        backbone, head = parse_model(cfg["graph"], nc=nc, scale=cfg.get("scale"), name=cfg.get("cfg_file", "<graph>"))
+    elif cfg.get("backbone_spec") is not None:
+        from models.backbones import TorchvisionBackbone
+
+        backbone = TorchvisionBackbone(cfg["backbone_spec"])
+    else:
+        backbone = BACKBONES.get(cfg["backbone"])()
+    if cfg.get("head") is not None or head is None:
+        head = HEADS.get(cfg.get("head") or "segment")(backbone.channels, backbone.strides, nc, **cfg.get("head_args", {}))
+    aux = AuxHead(backbone.channels, backbone.strides, nc) if cfg.get("aux") else None
+    model = SegmentationModel(backbone, head, nc, aux)
+    model.cfg = cfg  # type: ignore[assignment]
+    return model
+
+
+def describe(cfg: dict[str, Any]) -> str:
+    """Short human-readable model name, e.g. 'resnet50+segment' or 'yolov8_seg.yaml(n)'."""
+    if cfg.get("graph") is not None:
+        name = Path(cfg.get("cfg_file", "graph")).name + (f"({cfg['scale']})" if cfg.get("scale") else "")
+        return name + (f"+{cfg['head']}" if cfg.get("head") else "")
+    return f"{cfg['backbone']}+{cfg['head']}"

@@ -1,0 +1,108 @@
+"""Small torch helpers: devices, seeding, parameter and FLOP counts, EMA."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.errors import UserError
+
+
+def select_device(device: str | int | None = "") -> torch.device:
+    """'cpu', '0', '0,1' or '' (first CUDA device if any, else CPU) -> the device for this process."""
+    spec = str(device if device is not None else "").strip().lower().replace("cuda:", "")
+    if spec in ("", "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    ids = [s for s in spec.split(",") if s]
+    if not all(i.isdigit() for i in ids):
+        raise UserError(f"--device '{device}': use cpu, 0, or a list such as 0,1")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    bad = [i for i in ids if int(i) >= torch.cuda.device_count()]
+    if bad:
+        raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+    local_rank = int(os.environ.get("LOCAL_RANK", -1))
+    return torch.device(f"cuda:{ids[local_rank] if 0 <= local_rank < len(ids) else ids[0]}")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch; optionally ask torch for deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def count_params(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def gflops(model: nn.Module, img_size: tuple[int, int], channels: int = 3) -> float:
+    """GFLOPs of one forward pass at ``img_size`` (H, W) measured with thop, stated as 2 x MACs.
+
+    Returns NaN when thop is unavailable or fails on the model.
+    """
+    try:
+        import thop
+    except ImportError:  # pragma: no cover - thop is in requirements
+        return float("nan")
+    p = next(model.parameters())
+    m = copy.deepcopy(model).eval()
+    x = torch.zeros(1, channels, *img_size, device=p.device, dtype=p.dtype)
+    try:
+        with torch.no_grad():
+            macs, _ = thop.profile(m, inputs=(x,), verbose=False)
+    except Exception:  # thop can trip over exotic modules; FLOPs are informative only
+        return float("nan")
+    return 2 * macs / 1e9
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside DataParallel/DistributedDataParallel wrappers."""
+    return model.module if hasattr(model, "module") else model
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights and buffers, with a warm-up ramp on the decay.
+
+    decay_t = decay * (1 - exp(-updates / tau)): early updates follow the raw model closely, later ones
+    average over roughly 1 / (1 - decay) steps.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
+        self.ema = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, updates
+
+    def current_decay(self) -> float:
+        return self.decay * (1 - math.exp(-self.updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.current_decay()
+        msd = unwrap(model).state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(msd[k])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "decay": self.decay, "tau": self.tau}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+        self.decay, self.tau = float(state["decay"]), float(state["tau"])
