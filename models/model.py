@@ -64,8 +64,10 @@ class SegmentationModel(nn.Module):
     def fuse(self) -> "SegmentationModel":
         """Fold BatchNorm (and re-parameterisable branches) into convolutions for inference."""
         for m in list(self.modules()):
-            if m is not self and hasattr(m, "fuse") and callable(m.fuse):
-                m.fuse()
+            fuse = getattr(m, "fuse", None)
+            # a submodule may be *named* fuse (SegmentHead.fuse is a conv layer): only call methods
+            if m is not self and callable(fuse) and not isinstance(fuse, nn.Module):
+                fuse()
         return self
 
 

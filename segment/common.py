@@ -1,0 +1,92 @@
+"""Pieces every entry point shares: one model loader, one preprocessing, the error boundary."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from models.model import SegmentationModel, build_model
+from utils.checkpoint import load_checkpoint
+from utils.errors import UserError
+
+
+def preprocess(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (N, 3, H, W) RGB batch -> float [0, 1] on ``device`` (the model normalises)."""
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+def parse_img_size(values: Sequence[int] | int | None) -> tuple[int, int]:
+    """--img-size H [W]: one value is square, two are height and width."""
+    if values is None:
+        raise UserError("--img-size is required")
+    vals = [values] if isinstance(values, int) else list(values)
+    if len(vals) not in (1, 2) or any(int(v) < 8 for v in vals):
+        raise UserError(f"--img-size {' '.join(map(str, vals))}: give H or H W, each at least 8 pixels")
+    return (int(vals[0]), int(vals[-1]))
+
+
+def load_model(weights: str | os.PathLike, device: torch.device, fuse: bool = False
+               ) -> tuple[SegmentationModel, dict[str, Any]]:
+    """Rebuild a model from a checkpoint alone (its config + inference weights), in eval mode."""
+    ckpt = load_checkpoint(weights)
+    if "model_cfg" not in ckpt or "model" not in ckpt:
+        raise UserError(f"{weights}: not a checkpoint of this framework (needs 'model_cfg' and 'model')")
+    model = build_model(ckpt["model_cfg"])
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    if missing or unexpected:
+        raise UserError(f"{weights}: weights do not fit the stored model config "
+                        f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]})")
+    model.to(device).eval()
+    if fuse:
+        model.fuse()
+    return model, ckpt
+
+
+def add_common_flags(p: argparse.ArgumentParser) -> None:
+    """Flags shared by train.py and val.py."""
+    p.add_argument("--device", default="", help="cpu, 0, or 0,1 (empty: first GPU if any, else CPU)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="dataloader worker processes")
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of making name2, name3, ...")
+    p.add_argument("--skip-bad", action="store_true", help="drop images/masks that fail the dataset check")
+    p.add_argument("--verbose", action="store_true", help="show Python tracebacks for errors")
+
+
+def cli_entry(fn: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
+    """Run ``fn(argv)`` and turn UserError into readable lines and an exit code (traceback with --verbose)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return fn(argv)
+    except UserError as e:
+        if "--verbose" in args:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def setup_runtime(threads: int | None = None) -> None:
+    """Process-wide runtime settings, applied by entry points only (never at import)."""
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        import cv2
+
+        cv2.setNumThreads(0)  # data workers already parallelise; OpenCV's own pool only contends
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def repo_relative(path: str | os.PathLike) -> str:
+    """A path shown relative to the working directory when it is inside it."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)

@@ -1,0 +1,114 @@
+"""Train a segmentation model.
+
+Usage:
+    python segment/train.py --data data/shapes.yaml --backbone resnet18 --img-size 128 --epochs 12
+    python segment/train.py --data data/camvid.yaml --backbone resnet50 --head unet --weights pretrained
+    python segment/train.py --data data/camvid.yaml --cfg models/yolov8s_seg.yaml --img-size 360 480
+    python segment/train.py --resume                    # continue the most recent run
+
+Config comes in layers: the documented defaults below -> a recipe's preset -> command-line flags.
+The resolved configuration is written to the run's args.yaml.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segment.common import add_common_flags, cli_entry, setup_runtime
+
+
+def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """All training flags with their defaults; ``preset`` (a recipe's choices) overrides the defaults."""
+    p = argparse.ArgumentParser(prog=prog, description="Train a semantic segmentation model.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default="data/shapes.yaml", help="dataset YAML")
+    g.add_argument("--img-size", type=int, nargs="+", default=[640], help="training size: H [W]")
+    g.add_argument("--cache", default=None, choices=[None, "ram"], help="keep decoded images in RAM")
+    g.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0], help="random scale range (train)")
+    g.add_argument("--fliplr", type=float, default=0.5, help="horizontal flip probability (train)")
+    g.add_argument("--color-jitter", type=float, default=0.3, help="brightness/contrast/saturation jitter (train)")
+    g = p.add_argument_group("model")
+    g.add_argument("--backbone", default=None, help="registered backbone (default resnet18 when no --cfg)")
+    g.add_argument("--head", default=None, help="registered head: segment, unet, yolov5 (default: segment, or the YAML's)")
+    g.add_argument("--cfg", default=None, help="model YAML: models/backbone/<name>.yaml or a YOLO graph")
+    g.add_argument("--scale", default=None, help="YOLO graph scale n/s/m/l/x (default: from the file name)")
+    g.add_argument("--weights", default="none", help="none | pretrained (ImageNet backbone) | path/to/weights.pt")
+    g.add_argument("--aux-weight", type=float, default=0.0, help="auxiliary head loss weight (0 = no aux head)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--loss", default="ce", help="loss spec: ce, dice, jaccard, focal, tversky; 'ce+dice' or 'ce:1,dice:0.5'")
+    g.add_argument("--class-weights", default=None, help="'auto' (from train pixel frequencies) or comma-separated values")
+    g.add_argument("--optimizer", default="adamw", choices=["sgd", "adamw"])
+    g.add_argument("--lr0", type=float, default=None, help="initial LR (default 0.01 for sgd, 0.001 for adamw)")
+    g.add_argument("--lrf", type=float, default=0.01, help="final LR as a fraction of lr0")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum / AdamW beta1")
+    g.add_argument("--weight-decay", type=float, default=None, help="default 5e-4 for sgd, 0.01 for adamw")
+    g.add_argument("--warmup-epochs", type=float, default=1.0)
+    g.add_argument("--cos-lr", action="store_true", help="cosine LR decay (default: poly 0.9)")
+    g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm")
+    g.add_argument("--no-ema", dest="ema", action="store_false", help="validate/save raw weights, not their EMA")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
+    g.add_argument("--nan-patience", type=int, default=10, help="stop after this many non-finite steps in a row")
+    g = p.add_argument_group("run")
+    g.add_argument("--project", default="runs/train")
+    g.add_argument("--name", default="exp")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact reruns)")
+    g.add_argument("--patience", type=int, default=50, help="early stop after this many epochs without improvement (0 = off)")
+    g.add_argument("--save-period", type=int, default=-1, help="also save weights/epochN.pt every N epochs")
+    g.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest run, or the given last.pt")
+    g.add_argument("--tb-images", type=int, default=4, help="rows in the TensorBoard prediction grids")
+    add_common_flags(p)
+    if preset:
+        unknown = set(preset) - {a.dest for a in p._actions}
+        if unknown:
+            raise TypeError(f"preset has unknown keys: {sorted(unknown)}")
+        p.set_defaults(**preset)
+    return p
+
+
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations of the flags that appear on the command line (not defaults or presets)."""
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    return {a.dest for a in parser._actions if given & set(a.option_strings)}
+
+
+def run(preset: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Train with keyword arguments named like the flags (``img_size=[128]``); returns a summary dict."""
+    from segment.trainer import Trainer
+
+    parser = build_parser(preset)
+    args = parser.parse_args([])
+    for k, v in kwargs.items():
+        if not hasattr(args, k):
+            raise TypeError(f"train.run() got an unknown argument '{k}'")
+        setattr(args, k, v)
+    if isinstance(args.img_size, int):
+        args.img_size = [args.img_size]
+    return Trainer(args, explicit=set(kwargs)).train()
+
+
+def main(argv: list[str] | None = None, preset: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Command-line entry point; recipes call it with their preset."""
+
+    def _main(a: list[str] | None) -> dict[str, Any]:
+        from segment.trainer import Trainer
+
+        argv_ = sys.argv[1:] if a is None else a
+        parser = build_parser(preset, prog=Path(sys.argv[0]).name)
+        args = parser.parse_args(argv_)
+        setup_runtime()
+        return Trainer(args, explicit=explicit_flags(parser, argv_)).train()
+
+    return cli_entry(_main, argv)
+
+
+if __name__ == "__main__":
+    main()

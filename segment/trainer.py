@@ -1,0 +1,387 @@
+"""The training engine: one loop for every model, dataset and recipe.
+
+Reads top to bottom: setup (data check, model, data, optimiser, resume), the epoch loop (train,
+validate, log, checkpoint), and the end of a run (plots on best.pt). Checkpoints hold everything an
+exact resume needs; the data order and augmentation are functions of (seed, epoch, index), so a
+resumed run repeats exactly the batches of an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from models.model import build_model, describe, model_config
+from segment.checkpoints import CheckpointState, build_checkpoint, find_resume_checkpoint, resume_args
+from segment.common import parse_img_size, preprocess
+from segment.runlog import RunLogger
+from segment.val import EvalResult, eval_loader, evaluate
+from utils.augment import AugmentConfig, train_transform
+from utils.checkpoint import all_finite, load_checkpoint, load_matching, save_checkpoint, set_rng_state, state_dict_of
+from utils.dataconfig import load_data_config
+from utils.dataset_check import preflight
+from utils.datasets import SegDataset, build_loader, class_weights_from_counts
+from utils.errors import UserError
+from utils.files import run_dir
+from utils.losses import SegLoss
+from utils.torch_utils import ModelEMA, count_params, gflops, seed_everything, select_device, unwrap
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM: the run stopped after a finished step and saved a resumable last.pt."""
+
+
+def lr_lambda(total_iters: int, warmup_iters: int, lrf: float, cos: bool) -> Callable[[int], float]:
+    """LR factor per iteration: linear warm-up from 0.1, then cosine or poly(0.9) decay to ``lrf``."""
+
+    def f(it: int) -> float:
+        if it < warmup_iters:
+            return 0.1 + 0.9 * it / warmup_iters
+        p = min((it - warmup_iters) / max(total_iters - warmup_iters, 1), 1.0)
+        decay = 0.5 * (1 + math.cos(math.pi * p)) if cos else (1 - p) ** 0.9
+        return lrf + (1 - lrf) * decay
+
+    return f
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """SGD (Nesterov) or AdamW; no weight decay on biases and normalisation parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    raise UserError(f"--optimizer {name}: use sgd or adamw")
+
+
+class Trainer:
+    """Set up from resolved arguments (see segment/train.py for every flag), then ``train()``."""
+
+    def __init__(self, args: argparse.Namespace, explicit: set[str] | None = None) -> None:
+        self.args = args
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.main = self.rank == 0
+        self.stop_signal: int | None = None
+        self.resume_ckpt: dict[str, Any] | None = None
+        if args.resume:
+            path = find_resume_checkpoint(args.resume, args.project)
+            self.resume_ckpt = load_checkpoint(path)
+            self.args = args = resume_args(self.resume_ckpt, path, args, explicit or set())
+        self.setup()
+
+    def log(self, msg: str) -> None:
+        if self.main:
+            print(msg, flush=True)
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        a = self.args
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() and a.device != "cpu" else "gloo")
+        self.device = select_device(a.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        seed_everything(a.seed + self.rank, a.deterministic)
+        self.data = load_data_config(a.data)
+        # The dataset check runs before anything is written: a bad dataset leaves no run folder behind.
+        reports = preflight(self.data, ["train", "val"], skip_bad=a.skip_bad, workers=max(a.workers, 1), log=self.log)
+        self.img_size = parse_img_size(a.img_size)
+        a.img_size = list(self.img_size)
+        if self.resume_ckpt is not None:
+            self.save_dir = Path(a.save_dir)
+        else:
+            self.save_dir = run_dir(a.project, a.name, a.exist_ok, mkdir=self.main)
+            a.save_dir = str(self.save_dir)
+        self.wdir = self.save_dir / "weights"
+
+        self.model_cfg = model_config(self.data.nc, a.backbone, a.head, a.cfg, a.scale, aux=a.aux_weight > 0)
+        if self.resume_ckpt is not None:
+            self.model_cfg = self.resume_ckpt["model_cfg"]
+        self.model = build_model(self.model_cfg).to(self.device)
+        self._load_initial_weights()
+        self.log(f"Model {describe(self.model_cfg)}: {count_params(self.model) / 1e6:.2f} M parameters, "
+                 f"{gflops(self.model, self.img_size):.2f} GFLOPs at {self.img_size[0]}x{self.img_size[1]}")
+
+        aug = AugmentConfig(a.scale_range[0], a.scale_range[1], a.fliplr, a.color_jitter)
+        self.train_ds = SegDataset(reports["train"].items, self.data.mask_spec,
+                                   train_transform(self.img_size, self.data.ignore_index, aug), train=True, cache=a.cache)
+        if self.train_ds.cache_bytes():
+            self.log(f"Cached {len(self.train_ds)} training images in RAM ({self.train_ds.cache_bytes() / 2**20:.0f} MiB)")
+        self.train_loader = build_loader(self.train_ds, a.batch_size, a.workers, shuffle=True, seed=a.seed,
+                                         rank=self.rank, world_size=self.world_size, pin_memory=self.device.type == "cuda")
+        if len(self.train_loader) == 0:
+            raise UserError(f"--batch-size {a.batch_size} is larger than this rank's {len(self.train_loader.sampler)} training images")
+        self.val_loader = eval_loader(self.data, "val", self.img_size, a.batch_size, a.workers, a.skip_bad,
+                                      cache=a.cache, log=lambda *_: None, rank=self.rank, world_size=self.world_size)
+
+        cw = self._class_weights(reports["train"].class_pixels)
+        self.loss_fn = SegLoss(a.loss, self.data.ignore_index, cw, a.aux_weight).to(self.device)
+        lr0 = a.lr0 if a.lr0 is not None else (0.01 if a.optimizer == "sgd" else 1e-3)
+        wd = a.weight_decay if a.weight_decay is not None else (5e-4 if a.optimizer == "sgd" else 0.01)
+        self.optimizer = build_optimizer(self.model, a.optimizer, lr0, a.momentum, wd)
+        ipe = len(self.train_loader)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(a.epochs * ipe, round(a.warmup_epochs * ipe), a.lrf, a.cos_lr))
+        self.amp = bool(a.amp) and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.ema = ModelEMA(self.model) if a.ema else None
+        self.state = CheckpointState()
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.logger = RunLogger(self.save_dir, self.data, enabled=self.main,
+                                resume_epoch=self.state.next_epoch if self.resume_ckpt is not None else None)
+        if self.main:
+            self.logger.write_args(vars(a))
+
+    def _load_initial_weights(self) -> None:
+        w = self.args.weights
+        if self.resume_ckpt is not None or w in (None, "", "none"):
+            return
+        if w == "pretrained":
+            if not hasattr(self.model.backbone, "load_pretrained"):
+                raise UserError(f"--weights pretrained: no ImageNet weights for {describe(self.model_cfg)}; "
+                                f"use --weights none or a .pt file")
+            self.model.backbone.load_pretrained()
+            self.log("Loaded ImageNet weights into the backbone")
+            return
+        state = state_dict_of(load_checkpoint(w))
+        matched, total = load_matching(self.model, state)
+        self.log(f"Transferred {matched}/{total} tensors from {w} (matching name and shape)")
+
+    def _class_weights(self, counts: list[int]) -> list[float] | None:
+        cw = self.args.class_weights
+        if cw in (None, "", "none"):
+            return None
+        if cw == "auto":
+            w = class_weights_from_counts(counts)
+            self.log("Class weights (auto): " + ", ".join(f"{n} {v:.2f}" for n, v in zip(self.data.names, w)))
+            return w
+        try:
+            w = [float(v) for v in str(cw).replace(" ", "").split(",")]
+        except ValueError:
+            raise UserError(f"--class-weights {cw}: use 'auto' or {self.data.nc} comma-separated numbers") from None
+        if len(w) != self.data.nc:
+            raise UserError(f"--class-weights: {len(w)} values for {self.data.nc} classes")
+        return w
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        t = ckpt["train"]
+        self.model.load_state_dict(t["model"])
+        if self.ema is not None:
+            self.ema.ema.load_state_dict(ckpt["model"])
+            self.ema.load_state_dict(t["ema"])
+        self.optimizer.load_state_dict(t["optimizer"])
+        self.scheduler.load_state_dict(t["scheduler"])
+        self.scaler.load_state_dict(t["scaler"])
+        self.state = CheckpointState.from_dict(t["state"])
+        self.log(f"Resuming {self.save_dir} at epoch {self.state.next_epoch + 1}"
+                 + (f", step {self.state.next_step}" if self.state.next_step else ""))
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> dict[str, Any]:
+        """Train to the last epoch (or early stop / signal); returns a summary dict."""
+        a, st = self.args, self.state
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if self.main else {}
+        t_start = time.time()
+        try:
+            for epoch in range(st.next_epoch, a.epochs):
+                self._train_epoch(epoch)
+                self._end_epoch(epoch)
+                if st.stopped_early:
+                    break
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+        self.logger.close()
+        summary = self._finish(time.time() - t_start)
+        if self.world_size > 1:
+            dist.destroy_process_group()
+        return summary
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_signal is not None:  # a second signal: stop now, last.pt stays as it was
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+
+    def _train_epoch(self, epoch: int) -> None:
+        a, st = self.args, self.state
+        model, loader = self.model, self.train_loader
+        resuming_mid_epoch = st.next_step > 0 and epoch == st.next_epoch
+        start = st.next_step if resuming_mid_epoch else 0
+        loader.sampler.set_epoch(epoch, start * a.batch_size)
+        if resuming_mid_epoch:
+            set_rng_state(st.rng)
+        else:
+            # Dropout & co. draw from the global RNG; reseeding per epoch makes an epoch's draws
+            # independent of whatever ran before it (validation, plotting, a resume).
+            torch.manual_seed(a.seed + self.rank + 1_000_003 * (epoch + 1))
+            st.sums, st.nonfinite_epoch = {}, 0
+        model.train()
+        pbar = tqdm(enumerate(loader, start), total=start + len(loader), desc=f"{epoch + 1}/{a.epochs}",
+                    disable=not self.main, file=sys.stdout, leave=True)
+        for step, (images, masks, _) in pbar:
+            x, y = preprocess(images, self.device), masks.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                outputs = model(x)
+            loss, parts = self.loss_fn(outputs, y)
+            if self._step(loss):
+                st.consecutive_nonfinite = 0
+                for k, v in {"loss": loss, **parts}.items():
+                    st.sums[k] = st.sums.get(k, 0.0) + float(v.detach())
+                st.sums["n"] = st.sums.get("n", 0.0) + 1
+            else:
+                st.nonfinite_steps += 1
+                st.nonfinite_epoch += 1
+                st.consecutive_nonfinite += 1
+                self.log(f"\nnon-finite loss/gradient at epoch {epoch + 1} step {step + 1}: step skipped "
+                         f"({st.consecutive_nonfinite} in a row)")
+                if st.consecutive_nonfinite >= a.nan_patience:
+                    raise UserError(f"training stopped: {st.consecutive_nonfinite} consecutive non-finite steps "
+                                    f"(epoch {epoch + 1}, step {step + 1}). Lower --lr0, check the data, or try "
+                                    f"--loss ce. The last good checkpoint is {self.wdir / 'last.pt'}")
+            self.scheduler.step()
+            n = max(st.sums.get("n", 0.0), 1.0)
+            pbar.set_postfix(loss=f"{st.sums.get('loss', float('nan')) / n:.4f}",
+                             lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if self.stop_signal is not None:
+                pbar.close()
+                self._interrupt(epoch, step + 1)
+
+    def _step(self, loss: torch.Tensor) -> bool:
+        """Backward + optimiser step; False (and no update) when the loss or gradients are not finite."""
+        opt = self.optimizer
+        if not torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
+            return False
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        if not torch.isfinite(gnorm) and not self.amp:  # with AMP the scaler skips and rescales by itself
+            opt.zero_grad(set_to_none=True)
+            return False
+        self.scaler.step(opt)
+        self.scaler.update()
+        opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return True
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.ema if self.ema is not None else unwrap(self.model)
+
+    def _end_epoch(self, epoch: int) -> None:
+        a, st = self.args, self.state
+        res = evaluate(self._eval_model(), self.val_loader, self.data, self.device, self.loss_fn, self.amp,
+                       keep_examples=a.tb_images if self.main else 0, progress=self.main)
+        n = max(st.sums.get("n", 0.0), 1.0)
+        row: dict[str, float] = {"epoch": epoch + 1}
+        row.update({f"train/{k}": v / n for k, v in st.sums.items() if k != "n"})
+        row["train/skipped_steps"] = st.nonfinite_epoch
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        row.update({"val/loss": res.loss, "val/mIoU": res.metrics["mIoU"], "val/pixel_acc": res.metrics["pixel_acc"],
+                    "val/mean_acc": res.metrics["mean_acc"], "val/mDice": res.metrics["mDice"]})
+        st.rows.append(row)
+        fitness = res.metrics["mIoU"]
+        improved = math.isfinite(fitness) and fitness > st.best_fitness  # NaN is never best
+        if improved:
+            st.best_fitness, st.best_epoch = fitness, epoch + 1
+        st.next_epoch, st.next_step = epoch + 1, 0
+        patience_hit = a.patience > 0 and epoch + 1 - st.best_epoch >= a.patience
+        st.stopped_early = patience_hit and epoch + 1 < a.epochs
+        if self.main:
+            self.logger.log_epoch(st.rows, res, self._train_grid_batch(epoch))
+            self.log(f"epoch {epoch + 1}/{a.epochs}: loss {row.get('train/loss', float('nan')):.4f}  "
+                     f"val mIoU {fitness:.4f}  best {st.best_fitness:.4f} (epoch {st.best_epoch})")
+            self._save(epoch, best=improved, metrics=res.metrics)
+        if st.stopped_early:
+            self.log(f"Early stop: no val mIoU improvement for {a.patience} epochs (best {st.best_fitness:.4f} "
+                     f"at epoch {st.best_epoch})")
+
+    def _train_grid_batch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A fixed train batch (first images, this epoch's augmentation) with the eval model's predictions."""
+        from utils.datasets import i_seed
+
+        items = [self.train_ds[(i, i_seed(i, self.args.seed, epoch))] for i in range(min(self.args.tb_images, len(self.train_ds)))]
+        images = torch.stack([it[0] for it in items])
+        masks = torch.stack([it[1] for it in items])
+        model = self._eval_model()
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            preds = model(preprocess(images, self.device)).argmax(1).cpu()
+        model.train(was)
+        return images, masks, preds
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, epoch: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
+        raw = unwrap(self.model).state_dict()
+        infer = self.ema.ema.state_dict() if self.ema is not None else raw
+        if not (all_finite(raw) and all_finite(infer)):
+            raise UserError(f"weights became non-finite at epoch {epoch + 1}; they were not saved. "
+                            f"The last good checkpoint is {self.wdir / 'last.pt'}; lower --lr0 and --resume")
+        return build_checkpoint(self, raw, infer, epoch, metrics)
+
+    def _save(self, epoch: int, best: bool, metrics: dict[str, Any] | None) -> None:
+        ckpt = self._checkpoint(epoch, metrics)
+        save_checkpoint(ckpt, self.wdir / "last.pt")
+        if best:
+            save_checkpoint(ckpt, self.wdir / "best.pt")
+        if self.args.save_period > 0 and (epoch + 1) % self.args.save_period == 0:
+            save_checkpoint(ckpt, self.wdir / f"epoch{epoch + 1}.pt")
+
+    def _interrupt(self, epoch: int, next_step: int) -> None:
+        from utils.checkpoint import rng_state
+
+        st = self.state
+        st.next_epoch, st.next_step, st.rng = epoch, next_step, rng_state()
+        name = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
+        if self.main:
+            save_checkpoint(self._checkpoint(epoch, None), self.wdir / "last.pt")
+            self.logger.close()
+        raise TrainingInterrupted(
+            f"{name}: stopped at epoch {epoch + 1} step {next_step}; saved {self.wdir / 'last.pt'}. "
+            f"Resume with: python segment/train.py --resume {self.wdir / 'last.pt'}",
+            exit_code=128 + (self.stop_signal or 2))
+
+    # ------------------------------------------------------------------ end of run
+    def _finish(self, seconds: float) -> dict[str, Any]:
+        st = self.state
+        summary = {"save_dir": str(self.save_dir), "best_fitness": st.best_fitness, "best_epoch": st.best_epoch,
+                   "epochs_run": st.next_epoch, "hours": seconds / 3600}
+        if not self.main:
+            return summary
+        best = self.wdir / "best.pt"
+        # mark the run finished so --resume has nothing left to do
+        last = load_checkpoint(self.wdir / "last.pt")
+        last["finished"] = True
+        save_checkpoint(last, self.wdir / "last.pt")
+        if best.is_file():
+            model = build_model(self.model_cfg).to(self.device)
+            model.load_state_dict(load_checkpoint(best)["model"])
+            res: EvalResult = evaluate(model, self.val_loader, self.data, self.device, amp=self.amp,
+                                       keep_examples=8, desc="best.pt val")
+            self.logger.final_plots(st.rows, res)
+            summary["best_metrics"] = res.metrics
+        self.log(f"{st.next_epoch} epochs in {seconds / 60:.1f} min; best val mIoU {st.best_fitness:.4f} "
+                 f"(epoch {st.best_epoch})")
+        self.log(f"Results saved to {self.save_dir}\n  weights: {best}\n  validate: python segment/val.py "
+                 f"--weights {best} --data {self.args.data}\n  TensorBoard: tensorboard --logdir {self.save_dir.parent}")
+        return summary

@@ -1,0 +1,94 @@
+"""Checkpoints: self-describing dicts of tensors and plain Python values, written atomically and
+read only with ``torch.load(weights_only=True)`` so loading one can never run code."""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from utils.errors import UserError
+from utils.files import atomic_write
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
+    """Serialise ``ckpt`` to memory first, then atomically replace ``path`` with it.
+
+    A failure while serialising (or a kill at any instant) leaves the previous file byte-identical.
+    """
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely; refusals and damage are reported as UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: checkpoint not found")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{p}: refused to load: the file holds Python objects that would run code when unpickled "
+                        f"(only tensors and plain values are accepted; {first[:160]}). Nothing from it was run.") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UserError(f"{p}: not a readable PyTorch checkpoint (damaged or truncated? {type(e).__name__}: "
+                        f"{str(e)[:160]})") from None
+    if not isinstance(ckpt, dict):
+        raise UserError(f"{p}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def state_dict_of(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights of a checkpoint dict (its 'model' entry) or of a bare state dict."""
+    sd = obj.get("model", obj)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError("checkpoint has no 'model' state dict of tensors")
+    return sd
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """Copy the entries of ``state`` whose name and shape match ``model``'s; returns (matched, model total)."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matched, strict=False)
+    return len(matched), len(own)
+
+
+def all_finite(state: dict[str, torch.Tensor]) -> bool:
+    """True when every floating-point tensor of ``state`` is finite."""
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states of python, numpy and torch (CPU and CUDA) as plain values and tensors."""
+    py = random.getstate()
+    npst = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]), int(npst[3]), float(npst[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

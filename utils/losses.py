@@ -1,0 +1,136 @@
+"""Segmentation losses over (N, C, H, W) logits and (N, H, W) integer targets.
+
+Every loss ignores ``ignore_index`` completely: ignored pixels add nothing to any numerator or
+denominator. Optional per-class weights: cross-entropy and focal weight each pixel by its target
+class; Dice/Jaccard/Tversky take a weighted mean of their per-class scores.
+Losses are combined from a spec such as ``ce+dice`` or ``ce:1.0,dice:0.5``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.errors import UserError
+from utils.registry import Registry
+
+LOSSES = Registry("loss")
+register_loss = LOSSES.register
+
+
+def _valid(target: torch.Tensor, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask of counted pixels, target with ignored pixels replaced by class 0)."""
+    valid = target != ignore_index
+    return valid, torch.where(valid, target, torch.zeros_like(target))
+
+
+@register_loss("ce")
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
+                  weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over non-ignored pixels (class-weighted mean when ``weight`` is given)."""
+    valid, _ = _valid(target, ignore_index)
+    if not valid.any():
+        return logits.sum() * 0.0  # keeps the graph; no labelled pixel, no signal
+    return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=ignore_index)
+
+
+@register_loss("focal")
+def focal(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
+          weight: torch.Tensor | None = None, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss -(1 - p_t)^gamma * log p_t, averaged over non-ignored pixels (weighted by class)."""
+    valid, t = _valid(target, ignore_index)
+    logp = F.log_softmax(logits.float(), 1).gather(1, t.unsqueeze(1)).squeeze(1)
+    loss = -((1 - logp.exp()) ** gamma) * logp
+    w = valid.float() if weight is None else weight[t] * valid
+    denom = w.sum()
+    return (loss * w).sum() / denom if denom > 0 else logits.sum() * 0.0
+
+
+def _soft_counts(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class soft (intersection, prediction mass, target count) over non-ignored pixels."""
+    valid, t = _valid(target, ignore_index)
+    prob = F.softmax(logits.float(), 1) * valid.unsqueeze(1)
+    onehot = F.one_hot(t, logits.shape[1]).permute(0, 3, 1, 2).float() * valid.unsqueeze(1)
+    dims = (0, 2, 3)
+    return (prob * onehot).sum(dims), prob.sum(dims), onehot.sum(dims)
+
+
+def _class_mean(score: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return score.mean()
+    return (score * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+@register_loss("dice")
+def dice(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
+         weight: torch.Tensor | None = None, smooth: float = 1.0) -> torch.Tensor:
+    """1 - mean over classes of (2 I + s) / (P + T + s), soft counts over the whole batch."""
+    inter, pred, true = _soft_counts(logits, target, ignore_index)
+    return 1.0 - _class_mean((2 * inter + smooth) / (pred + true + smooth), weight)
+
+
+@register_loss("jaccard")
+def jaccard(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
+            weight: torch.Tensor | None = None, smooth: float = 1.0) -> torch.Tensor:
+    """Soft IoU loss: 1 - mean over classes of (I + s) / (P + T - I + s)."""
+    inter, pred, true = _soft_counts(logits, target, ignore_index)
+    return 1.0 - _class_mean((inter + smooth) / (pred + true - inter + smooth), weight)
+
+
+@register_loss("tversky")
+def tversky(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
+            weight: torch.Tensor | None = None, alpha: float = 0.3, beta: float = 0.7,
+            smooth: float = 1.0) -> torch.Tensor:
+    """Tversky loss (alpha weighs false positives, beta false negatives; 0.5/0.5 is Dice)."""
+    inter, pred, true = _soft_counts(logits, target, ignore_index)
+    fp, fn = pred - inter, true - inter
+    return 1.0 - _class_mean((inter + smooth) / (inter + alpha * fp + beta * fn + smooth), weight)
+
+
+def parse_loss_spec(spec: str) -> list[tuple[str, float]]:
+    """'ce+dice' -> [('ce', 1.0), ('dice', 1.0)]; 'ce:1.0,dice:0.5' -> [('ce', 1.0), ('dice', 0.5)]."""
+    parts = [p.strip() for p in spec.replace("+", ",").split(",") if p.strip()]
+    if not parts:
+        raise UserError(f"--loss '{spec}': empty; e.g. ce, ce+dice or ce:1.0,dice:0.5")
+    terms = []
+    for p in parts:
+        name, _, w = p.partition(":")
+        name = name.strip().lower()
+        if name not in LOSSES:
+            raise UserError(f"--loss: unknown loss '{name}'; choose from: {', '.join(LOSSES.names())}")
+        try:
+            weight = float(w) if w else 1.0
+        except ValueError:
+            raise UserError(f"--loss: weight of '{name}' must be a number, got '{w}'") from None
+        terms.append((name, weight))
+    return terms
+
+
+class SegLoss(nn.Module):
+    """Weighted sum of registered losses, plus an auxiliary-head term; returns (total, parts)."""
+
+    def __init__(self, spec: str, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
+                 aux_weight: float = 0.4) -> None:
+        super().__init__()
+        self.terms = parse_loss_spec(spec)
+        self.ignore_index, self.aux_weight = ignore_index, aux_weight
+        cw = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("class_weights", cw, persistent=False)
+
+    def single(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = {name: LOSSES.get(name)(logits, target, self.ignore_index, self.class_weights) for name, _ in self.terms}
+        total = sum(w * parts[name] for name, w in self.terms)
+        return total, parts  # type: ignore[return-value]
+
+    def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if isinstance(outputs, tuple):  # (main, aux) in training with an auxiliary head
+            main, aux = outputs
+            total, parts = self.single(main, target)
+            aux_total, _ = self.single(aux, target)
+            parts = {**parts, "aux": aux_total}
+            return total + self.aux_weight * aux_total, parts
+        return self.single(outputs, target)
