@@ -1,0 +1,103 @@
+"""Each loss against values computed by hand on a 2-pixel, 2-class example.
+
+logits: pixel a = [0, 0] -> p = [1/2, 1/2]; pixel b = [ln 3, 0] -> p = [3/4, 1/4]; targets a=0, b=1.
+"""
+import math
+
+import pytest
+import torch
+
+from utils.errors import UserError
+from utils.losses import LOSSES, SegLoss, parse_loss_spec
+
+LOGITS = torch.tensor([[[[0.0, math.log(3.0)]], [[0.0, 0.0]]]])  # (N=1, C=2, H=1, W=2)
+TARGET = torch.tensor([[[0, 1]]])
+TARGET_IGN = torch.tensor([[[0, 255]]])  # pixel b ignored
+
+
+def loss(name, target=TARGET, **kw):
+    return float(LOSSES.get(name)(LOGITS, target, 255, **kw))
+
+
+def test_cross_entropy():
+    assert loss("ce") == pytest.approx((math.log(2) + math.log(4)) / 2, abs=1e-6)
+    assert loss("ce", TARGET_IGN) == pytest.approx(math.log(2), abs=1e-6)
+    # class-weighted mean: (1 * ln2 + 3 * ln4) / (1 + 3)
+    assert loss("ce", weight=torch.tensor([1.0, 3.0])) == pytest.approx((math.log(2) + 3 * math.log(4)) / 4, abs=1e-6)
+
+
+def test_dice():
+    # class 0: I = 1/2, P = 5/4, T = 1; class 1: I = 1/4, P = 3/4, T = 1; smooth 1
+    d0, d1 = (2 * 0.5 + 1) / (1.25 + 1 + 1), (2 * 0.25 + 1) / (0.75 + 1 + 1)
+    assert loss("dice") == pytest.approx(1 - (d0 + d1) / 2, abs=1e-6)
+    assert loss("dice", weight=torch.tensor([1.0, 3.0])) == pytest.approx(1 - (d0 + 3 * d1) / 4, abs=1e-6)
+    # b ignored: class 0: I = 1/2, P = 1/2, T = 1; class 1: I = 0, P = 1/2, T = 0
+    assert loss("dice", TARGET_IGN) == pytest.approx(1 - ((2 * 0.5 + 1) / 2.5 + 1 / 1.5) / 2, abs=1e-6)
+
+
+def test_jaccard():
+    j0, j1 = (0.5 + 1) / (1.25 + 1 - 0.5 + 1), (0.25 + 1) / (0.75 + 1 - 0.25 + 1)
+    assert loss("jaccard") == pytest.approx(1 - (j0 + j1) / 2, abs=1e-6)
+    assert loss("jaccard", TARGET_IGN) == pytest.approx(1 - ((0.5 + 1) / (0.5 + 1 - 0.5 + 1) + 1 / 1.5) / 2, abs=1e-6)
+
+
+def test_focal():
+    fa, fb = 0.5**2 * math.log(2), 0.75**2 * math.log(4)
+    assert loss("focal") == pytest.approx((fa + fb) / 2, abs=1e-6)
+    assert loss("focal", TARGET_IGN) == pytest.approx(fa, abs=1e-6)
+
+
+def test_tversky_equals_dice_at_half():
+    # (I + s/2) / (I + FP/2 + FN/2 + s/2) = (2I + s) / (P + T + s)
+    assert loss("tversky", alpha=0.5, beta=0.5, smooth=0.5) == pytest.approx(loss("dice"), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_ignored_pixels_change_nothing(name):
+    """Whatever an ignored pixel's logits are, the loss and its gradient on other pixels are unchanged."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=g)
+    target = torch.randint(0, 4, (2, 5, 6), generator=g)
+    target[0, :2] = 255
+    other = logits.clone()
+    other[0, :, :2] = torch.randn(4, 2, 6, generator=g) * 50
+    a, b = logits.clone().requires_grad_(), other.clone().requires_grad_()
+    la, lb = LOSSES.get(name)(a, target, 255), LOSSES.get(name)(b, target, 255)
+    assert float(la.detach()) == pytest.approx(float(lb.detach()), abs=1e-6)
+    la.backward()
+    lb.backward()
+    assert torch.allclose(a.grad[0, :, 2:], b.grad[0, :, 2:], atol=1e-7)
+    assert float(a.grad[0, :, :2].abs().max()) == 0.0
+
+
+def test_all_ignored_gives_zero_with_graph():
+    t = torch.full((1, 1, 2), 255)
+    x = LOGITS.clone().requires_grad_()
+    for name in LOSSES.names():
+        out = LOSSES.get(name)(x, t, 255)
+        assert float(out.detach()) == pytest.approx(0.0, abs=1e-6)
+        out.backward()
+
+
+def test_spec_parsing_and_combination():
+    assert parse_loss_spec("ce+dice") == [("ce", 1.0), ("dice", 1.0)]
+    assert parse_loss_spec("ce:1.0,dice:0.5") == [("ce", 1.0), ("dice", 0.5)]
+    with pytest.raises(UserError, match="unknown loss 'lovasz'"):
+        parse_loss_spec("ce+lovasz")
+    with pytest.raises(UserError, match="must be a number"):
+        parse_loss_spec("ce:x")
+    total, parts = SegLoss("ce:1.0,dice:0.5")(LOGITS, TARGET)
+    assert set(parts) == {"ce", "dice"}
+    assert float(total) == pytest.approx(loss("ce") + 0.5 * loss("dice"), abs=1e-6)
+
+
+def test_aux_term_is_weighted():
+    crit = SegLoss("ce", aux_weight=0.4)
+    total, parts = crit((LOGITS, LOGITS * 0), TARGET)
+    assert float(parts["aux"]) == pytest.approx(math.log(2), abs=1e-6)
+    assert float(total) == pytest.approx(loss("ce") + 0.4 * math.log(2), abs=1e-6)
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(KeyError, match="already registered"):
+        LOSSES.register("ce")(lambda *a: None)

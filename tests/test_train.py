@@ -1,0 +1,164 @@
+"""End-to-end: train.py and val.py on tiny data, what a run folder holds, and the shapes quickstart."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segment import train, val
+from tests.conftest import CAMVID
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(backbone="mobilenet_v3_small", batch_size=4, workers=0, device="cpu", seed=0)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tb_tags(run_dir: Path) -> dict[str, list[str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    return acc.Tags()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One 2-epoch run on tiny data, shared by the assertions below."""
+    from tests.conftest import write_dataset
+
+    tmp = tmp_path_factory.mktemp("run")
+    os.environ["SEG_CACHE_DIR"] = str(tmp / "cache")
+    data = write_dataset(tmp / "data", {"train": 8, "val": 4})
+    summary = train.run(data=str(data), img_size=[40, 56], epochs=2, project=str(tmp / "runs"), name="exp",
+                        loss="ce+dice", **TINY)
+    return data, Path(summary["save_dir"]), summary
+
+
+def test_run_folder_contents(trained):
+    _, run, summary = trained
+    for f in ("weights/last.pt", "weights/best.pt", "results.csv", "args.yaml", "results.png",
+              "confusion_matrix.png", "val_overlay_0.png"):
+        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    rows = read_csv(run / "results.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train/loss", "train/ce", "train/dice", "lr", "val/loss", "val/mIoU", "val/pixel_acc", "val/mean_acc",
+            "val/mDice"} <= set(rows[0])
+    best = max(float(r["val/mIoU"]) for r in rows)
+    assert summary["best_fitness"] == pytest.approx(best, abs=1e-6)
+    args = (run / "args.yaml").read_text()
+    assert "backbone: mobilenet_v3_small" in args and "loss: ce+dice" in args
+
+
+def test_checkpoint_is_self_describing_and_weights_only(trained):
+    _, run, _ = trained
+    ckpt = torch.load(run / "weights" / "best.pt", weights_only=True)
+    assert ckpt["nc"] == 3 and ckpt["names"] == ["c0", "c1", "c2"] and ckpt["ignore_index"] == 255
+    assert ckpt["img_size"] == [40, 56] and ckpt["model_cfg"]["backbone"] == "mobilenet_v3_small"
+    for k in ("optimizer", "scheduler", "ema", "model", "state"):
+        assert k in ckpt["train"]
+    assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
+
+
+def test_tensorboard_has_scalars_and_prediction_images(trained):
+    _, run, _ = trained
+    tags = tb_tags(run)
+    assert {"train/input|truth|prediction", "val/input|truth|prediction"} <= set(tags["images"])
+    assert {"val/mIoU", "train/loss", "lr"} <= set(tags["scalars"])
+
+
+def test_val_reproduces_logged_best_miou(trained, tmp_path):
+    data, run, summary = trained
+    out = val.run(weights=str(run / "weights" / "best.pt"), data=str(data), project=str(tmp_path), name="v",
+                  workers=0, batch_size=4)
+    assert out["mIoU"] == pytest.approx(summary["best_fitness"], abs=1e-6)
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert set(m) >= {"mIoU", "pixel_acc", "mean_acc", "mDice", "per_class", "num_images", "img_size", "params",
+                      "gflops", "speed_ms"}
+    assert m["num_images"] == 4 and m["img_size"] == [40, 56] and set(m["speed_ms"]) == {"pre", "inference", "post"}
+    assert set(m["per_class"]["c1"]) == {"iou", "acc", "dice"}
+    assert (tmp_path / "v" / "confusion_matrix.png").is_file()
+
+
+def test_odd_size_train_and_val(tiny_data, tmp_path):
+    s = train.run(data=str(tiny_data), img_size=[97, 131], epochs=1, project=str(tmp_path), name="odd", **TINY)
+    best = Path(s["save_dir"]) / "weights" / "best.pt"
+    out = val.run(weights=str(best), project=str(tmp_path), name="v", workers=0)  # data and size from the checkpoint
+    assert out["img_size"] == [97, 131] and out["num_images"] == 4
+
+
+def test_weights_path_transfers_matching_tensors(trained, tiny_data, tmp_path, capsys):
+    _, run, _ = trained
+    train.run(data=str(tiny_data), img_size=[32, 32], epochs=1, project=str(tmp_path), name="ft",
+              weights=str(run / "weights" / "best.pt"), head="unet", **TINY)
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("Transferred"))
+    matched, total = map(int, line.split()[1].split("/"))
+    assert 0 < matched < total  # the backbone matches, the unet head does not
+
+
+def cli(*args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_train_then_val(tiny_data, tmp_path):
+    r = cli("segment/train.py", "--data", str(tiny_data), "--backbone", "mobilenet_v3_small", "--img-size", "32", "48",
+            "--epochs", "1", "--batch-size", "4", "--workers", "0", "--project", str(tmp_path), "--name", "c")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"Results saved to {tmp_path / 'c'}" in r.stdout and "GFLOPs at 32x48" in r.stdout
+    r = cli("segment/val.py", "--weights", str(tmp_path / "c" / "weights" / "best.pt"), "--project", str(tmp_path),
+            "--workers", "0")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "mIoU" in r.stdout and "c2" in r.stdout
+
+
+def test_cli_errors_are_one_readable_line(tmp_path):
+    r = cli("segment/train.py", "--data", str(tmp_path / "nope.yaml"), "--project", str(tmp_path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().startswith("error: --data") and "not found" in r.stderr
+    r = cli("segment/val.py", "--weights", str(tmp_path / "none.pt"))
+    assert r.returncode == 2 and "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_recipe_resnet50_runs(tiny_data, tmp_path):
+    r = cli("unet-lite/Resnet50/seg_diceloss_Resnet50.py", "--data", str(tiny_data), "--img-size", "32", "--epochs", "1",
+            "--batch-size", "4", "--workers", "0", "--project", str(tmp_path), "--name", "r50")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Model resnet50+segment" in r.stdout
+    args = (tmp_path / "r50" / "args.yaml").read_text()
+    assert "loss: ce+dice" in args and "optimizer: sgd" in args
+
+
+@pytest.mark.slow
+def test_shapes_short_training_learns(tmp_path, monkeypatch):
+    """A short run on the synthetic shapes task gets far above chance, and val.py agrees with the log."""
+    monkeypatch.setenv("SEG_DATASETS_DIR", str(tmp_path / "datasets"))
+    s = train.run(data="data/shapes.yaml", img_size=[64, 64], epochs=4, batch_size=16, workers=2,
+                  project=str(tmp_path), name="shapes", backbone="mobilenet_v3_small", head="unet", device="cpu",
+                  lr0=3e-3, scale_range=[0.75, 1.5])
+    assert s["best_fitness"] > 0.45, s  # chance is ~0.2 (background alone)
+    out = val.run(weights=str(Path(s["save_dir"]) / "weights" / "best.pt"), project=str(tmp_path), name="v",
+                  workers=2, batch_size=16)
+    assert out["mIoU"] == pytest.approx(s["best_fitness"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not present at ../shared/datasets/camvid")
+def test_camvid_one_epoch_small(tmp_path, monkeypatch):
+    """The same commands work on the real dataset (a tiny run: 96x128, one epoch)."""
+    monkeypatch.setenv("SEG_DATASETS_DIR", str(CAMVID.parent))
+    s = train.run(data="data/camvid.yaml", img_size=[96, 128], epochs=1, batch_size=16, workers=2,
+                  project=str(tmp_path), name="cv", backbone="mobilenet_v3_small", device="cpu")
+    assert s["best_fitness"] > 0.05
+    out = val.run(weights=str(Path(s["save_dir"]) / "weights" / "best.pt"), split="test", project=str(tmp_path),
+                  name="t", workers=2, batch_size=16)
+    assert out["num_images"] == 233 and len(out["per_class"]) == 11
