@@ -51,6 +51,14 @@ class DCNConv(nn.Module):
                           dilation=self.dilation, mask=mask)
         return self.act(self.bn(y))
 
+    @staticmethod
+    def thop_ops(m: "DCNConv", x: tuple[torch.Tensor, ...], y: torch.Tensor) -> None:
+        """thop rule (``thop.profile(custom_ops={DCNConv: DCNConv.thop_ops})``): multiply-accumulates of the
+        offset predictor and the deformable kernel; thop alone sees only the predictor."""
+        n, _, h, w = y.shape
+        macs = y.numel() * m.weight[0].numel() + n * h * w * m.offset.weight.numel()
+        m.total_ops += torch.tensor([float(macs)], dtype=torch.float64)
+
     @torch.no_grad()
     def fuse(self) -> None:
         """Fold the BatchNorm into the deformable kernel and its bias (inference only)."""

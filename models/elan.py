@@ -123,16 +123,23 @@ class RepNCSPELAN4(nn.Module):
 
 
 @MODULES.register()
-class ELAN1(RepNCSPELAN4):
-    """The light ELAN of YOLOv9-t/s: RepNCSPELAN4 with plain 3x3 Convs in place of the RepCSP stages."""
+class ELAN1(nn.Module):
+    """The light ELAN of YOLOv9-t/s: RepNCSPELAN4's layout with plain 3x3 Convs in place of its stages."""
+
+    width_args = ("c2", "c3", "c4")
 
     def __init__(self, c1: int, c2: int, c3: int, c4: int) -> None:
-        nn.Module.__init__(self)  # build only the layers used, not RepNCSPELAN4's stages
+        super().__init__()
         self.c = c3 // 2
         self.cv1 = Conv(c1, c3, 1, 1)
         self.cv2 = Conv(c3 // 2, c4, 3, 1)
         self.cv3 = Conv(c4, c4, 3, 1)
         self.cv4 = Conv(c3 + 2 * c4, c2, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in (self.cv2, self.cv3))
+        return self.cv4(torch.cat(y, 1))
 
 
 @MODULES.register()

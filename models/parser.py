@@ -143,14 +143,22 @@ def _multipliers(graph: dict[str, Any], scale: str | None, where: str) -> tuple[
         if scale not in scales:
             raise UserError(f"{where}: unknown scale '{scale}'; choose from: {', '.join(map(str, scales))}")
         vals = scales[scale]
-        if not (isinstance(vals, list) and len(vals) in (2, 3) and all(isinstance(v, (int, float)) for v in vals)):
+        if not (isinstance(vals, list) and len(vals) in (2, 3)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in vals)):
             raise UserError(f"{where}: scale '{scale}' must be [depth, width, max_channels], got {vals!r}")
         depth, width, max_ch = (list(vals) + [math.inf])[:3]
         return float(depth), float(width), float(max_ch)
     if scale is not None:
         raise UserError(f"{where}: has no 'scales', so --scale {scale} does not apply; drop --scale")
-    return (float(graph.get("depth_multiple", 1.0)), float(graph.get("width_multiple", 1.0)),
-            float(graph.get("max_channels", math.inf)))
+    return (_number(graph, "depth_multiple", 1.0, where), _number(graph, "width_multiple", 1.0, where),
+            _number(graph, "max_channels", math.inf, where))
+
+
+def _number(graph: dict[str, Any], key: str, default: float, where: str) -> float:
+    v = graph.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+        raise UserError(f"{where}: '{key}' must be a positive number, got {v!r}")
+    return float(v)
 
 
 def _shape(t: Any) -> str:
@@ -178,8 +186,10 @@ class _RowParser:
         out = []
         for f in items:
             a = i + f if f < 0 else f
-            if f == -1 and i == 0:
+            if i == 0 and f == -1:
                 a = -1  # row 0 reads the image
+            elif i == 0:
+                raise self.fail(i, section, f"from {f} is out of range (row 0 can only read the image: from -1)")
             elif a >= i:
                 raise self.fail(i, section, f"from {f} points forward (a row may only use rows 0..{i - 1})")
             elif a < 0:
@@ -192,32 +202,37 @@ class _RowParser:
             out.append(a)
         return tuple(out)
 
-    def constructor_args(self, i: int, section: str, cls: Any, name: str, args: list[Any], n: int,
+    def constructor_args(self, i: int, section: str, cls: Any, name: str, raw: list[Any], n: int,
                          c_in: list[int], multi: bool) -> list[Any]:
+        """The row's args as the constructor takes them: input channels, repeats, width-scaled channels."""
         params = _params(cls)
         pnames = [p.name for p in params]
-        full = list(args)
+        full, given = _resolve_arg(raw, self.names), list(raw)  # `given` tracks what the file wrote per slot
         if pnames[:1] == ["c1"]:
             if multi and not getattr(cls, "multi_input", False):
                 raise self.fail(i, section, f"{name} takes one input but 'from' lists {len(c_in)}; "
                                             f"join them with a Concat row first")
             full.insert(0, c_in if multi else c_in[0])
-        repeat_here = getattr(cls, "repeat_arg", False) and "n" in pnames
+            given.insert(0, None)
+        repeat_here = bool(getattr(cls, "repeat_arg", False))
         if repeat_here:
+            if "n" not in pnames:
+                raise self.fail(i, section, f"{name} declares repeat_arg but has no parameter 'n'")
             if len(full) < pnames.index("n"):
-                raise self.fail(i, section, self.arg_problem(name, params, args, repeat_here))
+                raise self.fail(i, section, self.arg_problem(name, params, raw, repeat_here))
             full.insert(pnames.index("n"), n)
+            given.insert(pnames.index("n"), None)
         try:
             inspect.signature(cls).bind(*full)
         except TypeError:
-            raise self.fail(i, section, self.arg_problem(name, params, args, repeat_here)) from None
+            raise self.fail(i, section, self.arg_problem(name, params, raw, repeat_here)) from None
         except ValueError:
             pass  # no introspectable signature: let the constructor judge
         for arg_name in getattr(cls, "width_args", ("c2",)):
-            if arg_name in pnames and pnames.index(arg_name) < len(full):
-                k = pnames.index(arg_name)
-                if _is_int(full[k]):
-                    full[k] = make_divisible(min(full[k], self.max_ch) * self.width)
+            k = pnames.index(arg_name) if arg_name in pnames else len(full)
+            # a class count (`nc`) is never width-scaled
+            if k < len(full) and _is_int(full[k]) and given[k] != "nc":
+                full[k] = make_divisible(min(full[k], self.max_ch) * self.width)
         return full
 
     @staticmethod
@@ -227,6 +242,7 @@ class _RowParser:
         return f"wrong number of args for {name}: got {len(args)} {args!r}, expected args ({sig})"
 
     def build(self, i: int, section: str, row: Any) -> tuple[nn.Module, Row]:
+        """Validate, build and probe one row."""
         if not (isinstance(row, list) and len(row) == 4):
             raise self.fail(i, section, f"expected [from, repeats, module, args], got {row!r}")
         src, n, name, args = row
@@ -244,22 +260,25 @@ class _RowParser:
         multi = isinstance(src, list)
         n = max(round(n * self.depth), 1) if n > 1 else n
         cls = MODULES.get(name)
-        args = _resolve_arg(args, self.names)
         c_in = [int(self.probe[a].shape[1]) for a in inputs]
         full = self.constructor_args(i, section, cls, name, args, n, c_in, multi)
-        stacked = n > 1 and not getattr(cls, "repeat_arg", False)
-        takes_c1 = _param_names(cls)[:1] == ["c1"]
-        x = [self.probe[a] for a in inputs] if multi else self.probe[inputs[0]]
-        copies, args_k = [], full
-        for k in range(n if stacked else 1):
-            if k > 0 and takes_c1:
-                args_k = [int(x.shape[1])] + full[1:]  # later copies read the previous copy's channels
+        copies = n if n > 1 and not getattr(cls, "repeat_arg", False) else 1  # stacked, or repeats inside
+        x: Any = [self.probe[a] for a in inputs] if multi else self.probe[inputs[0]]
+        shown = ", ".join(f"row {a} {_shape(self.probe[a])} (stride {self.strides[a]})" if a >= 0
+                          else f"image {_shape(self.probe[a])}" for a in inputs)
+        modules = []
+        for k in range(copies):
+            args_k = full
+            if k > 0:
+                shown = f"copy {k} of the row, after {_shape(x)}"
+                if _param_names(cls)[:1] == ["c1"]:
+                    args_k = [int(x.shape[1])] + full[1:]  # later copies read the previous copy's channels
             m = self.instantiate(i, section, cls, name, args_k)
-            x = self.probe_run(i, section, m, name, x, inputs)
-            copies.append(m)
+            x = self.probe_run(i, section, m, name, x, shown)
+            modules.append(m)
         self.probe[i] = x
         self.strides[i] = self.stride_of(i, section, x)
-        module = copies[0] if len(copies) == 1 else nn.Sequential(*copies)
+        module = modules[0] if copies == 1 else nn.Sequential(*modules)
         return module, Row(i, section, src, inputs, n, name, full)
 
     def instantiate(self, i: int, section: str, cls: Any, name: str, full: list[Any]) -> nn.Module:
@@ -268,15 +287,12 @@ class _RowParser:
         except Exception as e:  # a constructor's complaint about its arguments
             raise self.fail(i, section, f"{name}{tuple(full)!r} failed to build: {_first_line(e)}") from None
 
-    def probe_run(self, i: int, section: str, m: nn.Module, name: str, x: Any, inputs: tuple[int, ...]) -> torch.Tensor:
+    def probe_run(self, i: int, section: str, m: nn.Module, name: str, x: Any, shown: str) -> torch.Tensor:
         m.eval()
         try:
             with torch.no_grad():
                 out = m(x)
         except Exception as e:  # channel or size mismatch between this row and its inputs
-            xs = x if isinstance(x, list) else [x]
-            shown = ", ".join(f"row {a} {_shape(t)} (stride {self.strides[a]})" if a >= 0 else f"image {_shape(t)}"
-                              for a, t in zip(inputs, xs))
             raise self.fail(i, section, f"{name} does not fit its input ({shown}): {_first_line(e)}") from None
         finally:
             m.train()
@@ -318,36 +334,26 @@ def parse_model(graph: dict[str, Any], nc: int | None = None, scale: str | None 
         raise UserError(f"{name}: needs a non-empty 'backbone' list of [from, repeats, module, args] rows")
     if not isinstance(head_rows, list):
         raise UserError(f"{name}: 'head' must be a list of [from, repeats, module, args] rows")
-    nc = int(nc if nc is not None else graph.get("nc", 0))
-    if nc < 1:
-        raise UserError(f"{name}: number of classes unknown (no nc given and none in the file)")
+    nc = nc if nc is not None else graph.get("nc")
+    if not _is_int(nc) or nc < 1:
+        raise UserError(f"{name}: number of classes unknown or invalid (nc={nc!r})")
     depth, width, max_ch = _multipliers(graph, scale, name)
-    p = _RowParser(name, nc, int(graph.get("ch", 3)), depth, width, max_ch)
+    p = _RowParser(name, nc, int(_number(graph, "ch", 3, name)), depth, width, max_ch)
     p.n_backbone = len(backbone_rows)
 
-    layers, rows = [], []
-    for i, spec in enumerate(backbone_rows):
-        m, r = p.build(i, "backbone", spec)
-        layers.append(m)
-        rows.append(r)
-    last_at: dict[int, int] = {}
-    for i in range(len(backbone_rows)):
-        last_at[p.strides[i]] = i
+    built = [p.build(i, "backbone", spec) for i, spec in enumerate(backbone_rows)]
+    last_at = {p.strides[i]: i for i in range(len(backbone_rows))}  # later rows win: the last at each stride
     feature_rows = [last_at[s] for s in sorted(last_at)]
-    backbone = GraphBackbone(layers, rows, feature_rows, [int(p.probe[i].shape[1]) for i in feature_rows],
-                             sorted(last_at))
+    backbone = GraphBackbone([m for m, _ in built], [r for _, r in built], feature_rows,
+                             [int(p.probe[i].shape[1]) for i in feature_rows], sorted(last_at))
     if not head_rows:
         return backbone, None
 
     p.allowed_backbone_rows = set(feature_rows)
-    layers, rows = [], []
-    for k, spec in enumerate(head_rows):
-        m, r = p.build(len(backbone_rows) + k, "head", spec)
-        layers.append(m)
-        rows.append(r)
+    built = [p.build(len(backbone_rows) + k, "head", spec) for k, spec in enumerate(head_rows)]
     last = len(backbone_rows) + len(head_rows) - 1
     out_c = int(p.probe[last].shape[1])
     if out_c != nc:
         raise p.fail(last, "head", f"the head's last row gives {out_c} channels, expected nc={nc} "
                                    f"(end the head with a SegOutput row, args [nc, ...])")
-    return backbone, GraphHead(layers, rows, feature_rows, p.strides[last])
+    return backbone, GraphHead([m for m, _ in built], [r for _, r in built], feature_rows, p.strides[last])

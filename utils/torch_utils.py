@@ -62,9 +62,11 @@ def gflops(model: nn.Module, img_size: tuple[int, int], channels: int = 3) -> fl
     p = next(model.parameters())
     m = copy.deepcopy(model).eval()
     x = torch.zeros(1, channels, *img_size, device=p.device, dtype=p.dtype)
+    # Modules whose work thop cannot see (e.g. deformable convolutions) bring their own counting rule.
+    custom = {type(mod): mod.thop_ops for mod in m.modules() if callable(getattr(type(mod), "thop_ops", None))}
     try:
         with torch.no_grad():
-            macs, _ = thop.profile(m, inputs=(x,), verbose=False)
+            macs, _ = thop.profile(m, inputs=(x,), custom_ops=custom, verbose=False)
     except Exception:  # thop can trip over exotic modules; FLOPs are informative only
         return float("nan")
     return 2 * macs / 1e9
