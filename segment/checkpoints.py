@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,17 +12,24 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from utils.checkpoint import CHECKPOINT_FORMAT
-from utils.dataconfig import load_data_config
+from utils.dataconfig import load_data_config, resolve_data_yaml
 from utils.errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
     from segment.trainer import Trainer
 
-# Flags that define what is trained: changing one of them on --resume would silently train another run.
-IDENTITY_FLAGS = ("data", "backbone", "head", "cfg", "scale", "img_size", "loss", "class_weights", "aux_weight",
-                  "optimizer", "batch_size", "seed", "epochs")
-# Flags that only say how/where this process runs; --resume accepts new values for them.
-RUNTIME_FLAGS = {"device", "workers", "verbose", "resume", "exist_ok", "skip_bad", "cache", "tb_images"}
+# Flags that only say how/where this process runs (or find the run); --resume accepts new values for
+# them. Any other flag given with --resume must equal the checkpoint's: a different value would
+# silently train another run than the one being resumed.
+RUNTIME_FLAGS = {"device", "workers", "verbose", "resume", "exist_ok", "skip_bad", "cache", "tb_images",
+                 "save_period", "nan_patience", "project", "name"}
+
+
+class NothingToResume(UserError):
+    """--resume of a run that already finished: not an error, there is just nothing left to do."""
+
+    prefix = ""
+    exit_code = 0
 
 
 @dataclass
@@ -70,6 +79,7 @@ def build_checkpoint(tr: "Trainer", raw: dict[str, torch.Tensor], infer: dict[st
         "palette": [list(c) for c in data.palette] if data.palette else None,
         "img_size": list(tr.img_size),
         "data": str(tr.args.data),
+        "dataset": tr.data_identity,  # which files were trained on: --resume refuses another dataset
         "epoch": epoch + 1,
         "metrics": {k: v for k, v in (metrics or {}).items() if k != "per_class"},
         "finished": False,
@@ -86,19 +96,72 @@ def build_checkpoint(tr: "Trainer", raw: dict[str, torch.Tensor], infer: dict[st
     }
 
 
-def find_resume_checkpoint(resume: str | bool, project: str) -> Path:
-    """--resume path/to/last.pt, or --resume alone: the most recent last.pt under --project."""
-    if isinstance(resume, str) and resume not in ("", "True", "last"):
+def dataset_identity(items: list[tuple[Path, Path]], root: Path) -> dict[str, Any]:
+    """Number and hash of a split's image paths relative to the dataset root (moving the root is fine)."""
+    rel = sorted(os.path.relpath(img, root) for img, _ in items)
+    return {"n": len(rel), "sha256": hashlib.sha256("\n".join(rel).encode()).hexdigest()}
+
+
+def check_same_dataset(ckpt: dict[str, Any], current: dict[str, dict[str, Any]], path: str | os.PathLike) -> None:
+    """Refuse to resume on other files than the run started with (checkpoints without the record pass)."""
+    diffs = []
+    for split, old in (ckpt.get("dataset") or {}).items():
+        new = current.get(split)
+        if new is not None and new != old:
+            what = (f"{old['n']} image/mask pairs then, {new['n']} now" if new["n"] != old["n"]
+                    else f"{new['n']} image/mask pairs then and now, but other files")
+            diffs.append(f"split '{split}': {what}")
+    if diffs:
+        raise UserError(f"--resume {path}: refused, the dataset changed since the run started ({'; '.join(diffs)}). "
+                        f"Restore the files, or start a new run with --weights {path}")
+
+
+def _run_mtime(run: Path) -> float:
+    """When a run was last active: args.yaml is written at (re)start, last.pt at every epoch end."""
+    files = (run / "args.yaml", run / "weights" / "last.pt")
+    return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
+
+
+def find_resume_checkpoint(resume: str | bool, project: str | os.PathLike, name: str | None = None) -> Path:
+    """--resume path/to/last.pt (or its run folder); --resume alone: project/name if --name was given,
+    else the most recently active run under --project. Never falls back to a fresh start."""
+    if isinstance(resume, (str, os.PathLike)) and str(resume) not in ("", "True", "last"):
         p = Path(resume)
         if p.is_dir():
             p = p / "weights" / "last.pt"
         if not p.is_file():
-            raise UserError(f"--resume {resume}: no such checkpoint (nothing was started)")
+            raise UserError(f"--resume {resume}: no such checkpoint; nothing was started. Give a run's "
+                            f"weights/last.pt, or --resume alone for the latest run under --project")
+        if p.parent.name != "weights":
+            raise UserError(f"--resume {resume}: expected a checkpoint inside a run folder (.../weights/last.pt), "
+                            f"so the resumed run writes there; to start a new run from it use --weights {resume}")
         return p
-    candidates = sorted(Path(project).glob("*/weights/last.pt"), key=lambda f: f.stat().st_mtime)
-    if not candidates:
-        raise UserError(f"--resume: no run with weights/last.pt under {project}; give the checkpoint path")
-    return candidates[-1]
+    if name is not None:
+        runs = [Path(project) / name]
+    else:
+        runs = sorted({f.parent for f in Path(project).glob("**/args.yaml")}
+                      | {f.parent.parent for f in Path(project).glob("**/weights/last.pt")}, key=_run_mtime)
+    if not runs or not runs[-1].is_dir():
+        raise UserError(f"--resume: no run under {project}{'/' + name if name else ''}; give the checkpoint path "
+                        f"(--resume path/to/weights/last.pt)")
+    last = runs[-1] / "weights" / "last.pt"
+    if not last.is_file():
+        raise UserError(f"--resume: the latest run {runs[-1]} has no weights/last.pt (it stopped before its first "
+                        f"epoch ended); start it again, or give another run's last.pt")
+    return last
+
+
+def _same(key: str, new: Any, old: Any) -> bool:
+    if isinstance(new, tuple):
+        new = list(new)
+    if key == "img_size" and isinstance(new, list) and len(new) == 1:
+        new = [new[0], new[0]]
+    if key == "data" and new != old:
+        try:  # the same file given by another path
+            return resolve_data_yaml(new).resolve() == resolve_data_yaml(old).resolve()
+        except UserError:
+            return False
+    return new == old
 
 
 def resume_args(ckpt: dict[str, Any], path: Path, cli: argparse.Namespace, explicit: set[str]) -> argparse.Namespace:
@@ -109,18 +172,11 @@ def resume_args(ckpt: dict[str, Any], path: Path, cli: argparse.Namespace, expli
     if "train" not in ckpt or "args" not in ckpt:
         raise UserError(f"{path}: not a training checkpoint of this framework; nothing to resume")
     if ckpt.get("finished"):
-        raise UserError(f"{path}: this run finished (epoch {ckpt.get('epoch')}); nothing to resume. "
-                        f"Start a new run with --weights {path} to fine-tune from it", exit_code=0)
+        raise NothingToResume(f"{path}: this run finished all {ckpt.get('epoch')} epochs; nothing to resume. "
+                              f"To train further, start a new run with --weights {path}")
     saved = dict(ckpt["args"])
-    diffs = []
-    for k in sorted(explicit & set(IDENTITY_FLAGS)):
-        new, old = getattr(cli, k), saved.get(k)
-        if isinstance(new, tuple):
-            new = list(new)
-        if k == "img_size" and new is not None and len(new) == 1:
-            new = [new[0], new[0]]
-        if new != old:
-            diffs.append(f"--{k.replace('_', '-')} {new!r} (checkpoint: {old!r})")
+    diffs = [f"--{k.replace('_', '-')} {getattr(cli, k)!r} (checkpoint: {saved[k]!r})"
+             for k in sorted(explicit - RUNTIME_FLAGS) if k in saved and not _same(k, getattr(cli, k), saved[k])]
     if diffs:
         raise UserError(f"--resume {path}: refused, these flags differ from the run being resumed: "
                         + "; ".join(diffs) + ". Resume without them, or start a new run with --weights")
@@ -129,7 +185,7 @@ def resume_args(ckpt: dict[str, Any], path: Path, cli: argparse.Namespace, expli
         raise UserError(f"--resume {path}: the dataset changed since the run started: {data.yaml_file} has "
                         f"nc={data.nc} names={data.names}, the checkpoint nc={ckpt['nc']} names={ckpt['names']}")
     merged = argparse.Namespace(**saved)
-    for k in RUNTIME_FLAGS:
+    for k in RUNTIME_FLAGS - {"project", "name"}:
         if k in explicit and hasattr(cli, k):
             setattr(merged, k, getattr(cli, k))
     merged.resume = str(path)

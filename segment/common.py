@@ -56,18 +56,40 @@ def add_common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show Python tracebacks for errors")
 
 
+def _user_message(e: BaseException) -> str:
+    """The readable part of an error; a DataLoader worker's re-raised error carries the worker's
+    traceback in its text, and only its last line (the original message) is meant for people."""
+    msg = str(e)
+    marker = f"{type(e).__name__}: "
+    if msg.startswith("Caught ") and "Original Traceback" in msg and marker in msg:
+        msg = msg[msg.rindex(marker) + len(marker):].strip()
+    return msg
+
+
 def cli_entry(fn: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> Any:
-    """Run ``fn(argv)`` and turn UserError into readable lines and an exit code (traceback with --verbose)."""
+    """Run ``fn(argv)`` and turn UserError (and OS errors such as a full disk) into readable lines and an
+    exit code, without a traceback unless --verbose. Other exceptions are bugs and keep their traceback."""
     args = sys.argv[1:] if argv is None else argv
+    verbose = "--verbose" in args
     try:
         return fn(argv)
     except UserError as e:
-        if "--verbose" in args:
+        if verbose:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        prefix = getattr(e, "prefix", "error: ")
+        print(f"{prefix}{_user_message(e)}", file=sys.stdout if e.exit_code == 0 else sys.stderr, flush=True)
         raise SystemExit(e.exit_code) from None
+    except OSError as e:  # disk full, permission denied, ...: the environment, not the code
+        if verbose:
+            traceback.print_exc()
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where} ({type(e).__name__}); --verbose shows where it happened",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if verbose:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
 
 

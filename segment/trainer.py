@@ -22,7 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from models.model import build_model, describe, model_config
-from segment.checkpoints import CheckpointState, build_checkpoint, find_resume_checkpoint, resume_args
+from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_dataset, dataset_identity,
+                                 find_resume_checkpoint, resume_args)
 from segment.common import parse_img_size, preprocess
 from segment.runlog import RunLogger
 from segment.val import EvalResult, eval_loader, evaluate
@@ -32,13 +33,15 @@ from utils.dataconfig import load_data_config
 from utils.dataset_check import preflight
 from utils.datasets import SegDataset, build_loader, class_weights_from_counts
 from utils.errors import UserError
-from utils.files import run_dir
+from utils.files import check_run_name, run_dir
 from utils.losses import SegLoss
 from utils.torch_utils import ModelEMA, count_params, gflops, seed_everything, select_device, unwrap
 
 
 class TrainingInterrupted(UserError):
     """SIGINT/SIGTERM: the run stopped after a finished step and saved a resumable last.pt."""
+
+    prefix = ""  # a requested stop, not an error: printed as is
 
 
 def lr_lambda(total_iters: int, warmup_iters: int, lrf: float, cos: bool) -> Callable[[int], float]:
@@ -79,7 +82,8 @@ class Trainer:
         self.stop_signal: int | None = None
         self.resume_ckpt: dict[str, Any] | None = None
         if args.resume:
-            path = find_resume_checkpoint(args.resume, args.project)
+            name = args.name if "name" in (explicit or set()) else None  # --resume --name exp: that run
+            path = find_resume_checkpoint(args.resume, args.project, name)
             self.resume_ckpt = load_checkpoint(path)
             self.args = args = resume_args(self.resume_ckpt, path, args, explicit or set())
         self.setup()
@@ -97,9 +101,16 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         seed_everything(a.seed + self.rank, a.deterministic)
+        if self.resume_ckpt is None:
+            check_run_name(a.project, a.name)  # refuse a bad --name before the (possibly long) data check
+        # --weights is read (safely) before anything is written: a refused file leaves no run folder
+        self.init_state = self._read_initial_weights()
         self.data = load_data_config(a.data)
         # The dataset check runs before anything is written: a bad dataset leaves no run folder behind.
         reports = preflight(self.data, ["train", "val"], skip_bad=a.skip_bad, workers=max(a.workers, 1), log=self.log)
+        self.data_identity = {s: dataset_identity(r.items, self.data.root) for s, r in reports.items()}
+        if self.resume_ckpt is not None:
+            check_same_dataset(self.resume_ckpt, self.data_identity, a.resume)
         self.img_size = parse_img_size(a.img_size)
         a.img_size = list(self.img_size)
         if self.resume_ckpt is not None:
@@ -151,6 +162,15 @@ class Trainer:
         if self.main:
             self.logger.write_args(vars(a))
 
+    def _read_initial_weights(self) -> dict[str, torch.Tensor] | None:
+        w = self.args.weights
+        if self.resume_ckpt is not None or w in (None, "", "none", "pretrained"):
+            return None
+        try:
+            return state_dict_of(load_checkpoint(w))
+        except UserError as e:
+            raise UserError(f"--weights {w}: {e}") from None
+
     def _load_initial_weights(self) -> None:
         w = self.args.weights
         if self.resume_ckpt is not None or w in (None, "", "none"):
@@ -162,8 +182,8 @@ class Trainer:
             self.model.backbone.load_pretrained()
             self.log("Loaded ImageNet weights into the backbone")
             return
-        state = state_dict_of(load_checkpoint(w))
-        matched, total = load_matching(self.model, state)
+        matched, total = load_matching(self.model, self.init_state or {})
+        self.init_state = None  # only needed once
         self.log(f"Transferred {matched}/{total} tensors from {w} (matching name and shape)")
 
     def _class_weights(self, counts: list[int]) -> list[float] | None:
@@ -207,6 +227,8 @@ class Trainer:
                 self._end_epoch(epoch)
                 if st.stopped_early:
                     break
+                if self.stop_signal is not None and epoch + 1 < a.epochs:  # arrived during validation/saving
+                    self._interrupt(epoch + 1, 0)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -239,6 +261,8 @@ class Trainer:
                     disable=not self.main, file=sys.stdout, leave=True)
         for step, (images, masks, _) in pbar:
             x, y = preprocess(images, self.device), masks.to(self.device, non_blocking=True)
+            # BatchNorm updates its running stats in the forward pass; a skipped step must undo that too
+            buffers = [b.detach().clone() for b in model.buffers()]
             with torch.autocast(self.device.type, enabled=self.amp):
                 outputs = model(x)
             loss, parts = self.loss_fn(outputs, y)
@@ -248,15 +272,19 @@ class Trainer:
                     st.sums[k] = st.sums.get(k, 0.0) + float(v.detach())
                 st.sums["n"] = st.sums.get("n", 0.0) + 1
             else:
+                with torch.no_grad():
+                    for b, saved in zip(model.buffers(), buffers):
+                        b.copy_(saved)
                 st.nonfinite_steps += 1
                 st.nonfinite_epoch += 1
                 st.consecutive_nonfinite += 1
                 self.log(f"\nnon-finite loss/gradient at epoch {epoch + 1} step {step + 1}: step skipped "
                          f"({st.consecutive_nonfinite} in a row)")
                 if st.consecutive_nonfinite >= a.nan_patience:
-                    raise UserError(f"training stopped: {st.consecutive_nonfinite} consecutive non-finite steps "
-                                    f"(epoch {epoch + 1}, step {step + 1}). Lower --lr0, check the data, or try "
-                                    f"--loss ce. The last good checkpoint is {self.wdir / 'last.pt'}")
+                    raise UserError(f"training stopped: {st.consecutive_nonfinite} consecutive steps with a "
+                                    f"non-finite loss or gradient (epoch {epoch + 1}, step {step + 1}; "
+                                    f"--nan-patience {a.nan_patience}). Lower --lr0, check the data, or try "
+                                    f"--loss ce. {self._last_good()}")
             self.scheduler.step()
             n = max(st.sums.get("n", 0.0), 1.0)
             pbar.set_postfix(loss=f"{st.sums.get('loss', float('nan')) / n:.4f}",
@@ -303,7 +331,7 @@ class Trainer:
         improved = math.isfinite(fitness) and fitness > st.best_fitness  # NaN is never best
         if improved:
             st.best_fitness, st.best_epoch = fitness, epoch + 1
-        st.next_epoch, st.next_step = epoch + 1, 0
+        st.next_epoch, st.next_step, st.rng = epoch + 1, 0, {}  # an epoch start reseeds: no RNG state to keep
         patience_hit = a.patience > 0 and epoch + 1 - st.best_epoch >= a.patience
         st.stopped_early = patience_hit and epoch + 1 < a.epochs
         if self.main:
@@ -336,28 +364,41 @@ class Trainer:
         infer = self.ema.ema.state_dict() if self.ema is not None else raw
         if not (all_finite(raw) and all_finite(infer)):
             raise UserError(f"weights became non-finite at epoch {epoch + 1}; they were not saved. "
-                            f"The last good checkpoint is {self.wdir / 'last.pt'}; lower --lr0 and --resume")
+                            f"Lower --lr0 or --grad-clip. {self._last_good()}")
         return build_checkpoint(self, raw, infer, epoch, metrics)
+
+    def _last_good(self) -> str:
+        """Where to go on from after a non-finite stop (a plain --resume would repeat the same steps)."""
+        last = self.wdir / "last.pt"
+        if not last.is_file():
+            return "No checkpoint was written yet."
+        return f"The last good checkpoint is {last}: start a new run from it with --weights {last} and a lower --lr0."
 
     def _save(self, epoch: int, best: bool, metrics: dict[str, Any] | None) -> None:
         ckpt = self._checkpoint(epoch, metrics)
-        save_checkpoint(ckpt, self.wdir / "last.pt")
-        if best:
-            save_checkpoint(ckpt, self.wdir / "best.pt")
         if self.args.save_period > 0 and (epoch + 1) % self.args.save_period == 0:
             save_checkpoint(ckpt, self.wdir / f"epoch{epoch + 1}.pt")
+        if best:
+            save_checkpoint(ckpt, self.wdir / "best.pt")
+        # last.pt is written last: it commits the epoch. A kill before it redoes the epoch on --resume,
+        # which rewrites the files above with identical contents (best.pt is never left behind its state).
+        save_checkpoint(ckpt, self.wdir / "last.pt")
 
     def _interrupt(self, epoch: int, next_step: int) -> None:
+        """Save a resumable last.pt (mid-epoch: with the RNG state) and stop with a clear message."""
         from utils.checkpoint import rng_state
 
         st = self.state
-        st.next_epoch, st.next_step, st.rng = epoch, next_step, rng_state()
         name = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
+        if next_step > 0:  # at an epoch boundary the epoch-end last.pt is already the right one
+            st.next_epoch, st.next_step, st.rng = epoch, next_step, rng_state()
+            if self.main:
+                save_checkpoint(self._checkpoint(epoch, None), self.wdir / "last.pt")
         if self.main:
-            save_checkpoint(self._checkpoint(epoch, None), self.wdir / "last.pt")
             self.logger.close()
+        where = f"at epoch {epoch + 1} step {next_step}" if next_step else f"after epoch {epoch}"
         raise TrainingInterrupted(
-            f"{name}: stopped at epoch {epoch + 1} step {next_step}; saved {self.wdir / 'last.pt'}. "
+            f"{name}: stopped {where}; saved {self.wdir / 'last.pt'}. "
             f"Resume with: python segment/train.py --resume {self.wdir / 'last.pt'}",
             exit_code=128 + (self.stop_signal or 2))
 

@@ -148,8 +148,8 @@ def run(**kwargs: Any) -> dict[str, Any]:
     if data.nc != ckpt["model_cfg"]["nc"]:
         raise UserError(f"{args.weights}: model has {ckpt['model_cfg']['nc']} classes but {data.yaml_file} has {data.nc}")
     img_size = parse_img_size(args.img_size or ckpt.get("img_size"))
-    save_dir = run_dir(args.project, args.name, args.exist_ok)
     loader = eval_loader(data, args.split, img_size, args.batch_size, args.workers, args.skip_bad)
+    save_dir = run_dir(args.project, args.name, args.exist_ok)  # after the data check: a bad split writes nothing
     res = evaluate(model, loader, data, device, amp=args.half, desc=f"{args.split}")
     print(format_metrics_table(res.metrics))
     out = {k: res.metrics[k] for k in ("mIoU", "pixel_acc", "mean_acc", "mDice")}

@@ -2,6 +2,7 @@
 read only with ``torch.load(weights_only=True)`` so loading one can never run code."""
 from __future__ import annotations
 
+import glob
 import io
 import os
 import pickle
@@ -26,6 +27,11 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
     """
     buf = io.BytesIO()
     torch.save(ckpt, buf)
+    path = Path(path)
+    # A process killed mid-write leaves its hidden temporary file behind (the target itself is intact);
+    # a run folder has one writer, so the next save of the same file removes such leftovers.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
@@ -42,7 +48,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                         f"(only tensors and plain values are accepted; {first[:160]}). Nothing from it was run.") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise UserError(f"{p}: not a readable PyTorch checkpoint (damaged or truncated? {type(e).__name__}: "
-                        f"{str(e)[:160]})") from None
+                        f"{str(e)[:160]}). Checkpoints are written atomically, so this file was damaged after "
+                        f"it was written (disk, copy); use another one, e.g. best.pt or epochN.pt") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{p}: expected a checkpoint dict, got {type(ckpt).__name__}")
     return ckpt

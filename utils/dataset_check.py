@@ -1,7 +1,8 @@
 """Pre-flight check of a dataset split, run once before any training or validation step.
 
-Every image must decode; every mask must exist, decode, match its image's size and hold only class
-ids in [0, nc) or the ignore index. All problems are collected and reported together. The result
+Every image must decode; every mask must exist, decode, match its image's size (as training decodes
+it: EXIF orientation applied) and hold only class ids in [0, nc) or the ignore index. All problems of
+all splits are collected and reported together, each as ``file: reason``. The result
 (with per-class pixel counts, used by ``--class-weights auto``) is cached as JSON, keyed by a hash
 of the file list, sizes and mtimes, so reruns are instant. Dataset files are only ever read.
 """
@@ -13,6 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -22,7 +24,9 @@ from utils.errors import UserError
 from utils.files import atomic_write_text
 from utils.masks import MaskError, find_mask, read_mask
 
-CHECK_VERSION = 1
+CHECK_VERSION = 2
+# EXIF orientations that swap height and width; OpenCV (the training decoder) applies them.
+_TRANSPOSED = {5, 6, 7, 8}
 
 
 @dataclass
@@ -34,6 +38,7 @@ class SplitReport:
     problems: list[str] = field(default_factory=list)
     class_pixels: list[int] = field(default_factory=list)
     num_bad: int = 0
+    ignore_pixels: int = 0
     cached: bool = False
 
 
@@ -44,17 +49,25 @@ def _rel(p: Path, root: Path) -> str:
         return str(p)
 
 
+def _image_hw(image: Path) -> tuple[tuple[int, int], bool]:
+    """(H, W) of ``image`` as the training loader sees it, and whether EXIF orientation transposed it."""
+    with Image.open(image) as im:
+        im.load()  # full decode: catches truncated files, which open() alone does not
+        transposed = im.getexif().get(0x0112, 1) in _TRANSPOSED
+        return ((im.width, im.height) if transposed else (im.height, im.width)), transposed
+
+
 def _check_pair(image: Path, data: DataConfig) -> tuple[Path | None, list[str], np.ndarray | None]:
-    """Check one image and its mask; returns (mask path, problems, class pixel counts)."""
+    """Check one image and its mask; returns (mask path, problems, pixel counts per id up to ignore_index)."""
     spec, root = data.mask_spec, data.root
     problems: list[str] = []
-    hw = None
+    hw, transposed = None, False
     try:
-        with Image.open(image) as im:
-            im.load()  # full decode: catches truncated files, which open() alone does not
-            hw = (im.height, im.width)
+        hw, transposed = _image_hw(image)
     except Exception as e:
-        problems.append(f"{_rel(image, root)}: image does not decode ({type(e).__name__}: {str(e)[:80]})")
+        empty = image.is_file() and image.stat().st_size == 0
+        why = "empty file, 0 bytes" if empty else f"{type(e).__name__}: {str(e)[:80]}"
+        problems.append(f"{_rel(image, root)}: image does not decode ({why})")
     mask_path = find_mask(image, data.images_dir, data.masks_dir)
     if mask_path is None:
         problems.append(f"{_rel(image, root)}: no mask found (expected {data.masks_dir}/.../{image.stem}.png or .json)")
@@ -64,7 +77,10 @@ def _check_pair(image: Path, data: DataConfig) -> tuple[Path | None, list[str], 
     except MaskError as e:
         return mask_path, problems + [f"{_rel(mask_path, root)}: {e.reason}"], None
     if hw is not None and mask.shape != hw:
-        problems.append(f"{_rel(mask_path, root)}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {hw[1]}x{hw[0]} (WxH)")
+        msg = f"{_rel(mask_path, root)}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {hw[1]}x{hw[0]} (WxH)"
+        if transposed and mask.shape == hw[::-1]:
+            msg += " after the image's EXIF rotation; save the image upright (EXIF orientation 1) or rotate the mask"
+        problems.append(msg)
     counts = np.bincount(mask.ravel().astype(np.int64), minlength=max(spec.nc, spec.ignore_index + 1))
     bad_values = [v for v in np.flatnonzero(counts) if v >= spec.nc and v != spec.ignore_index]
     if bad_values:
@@ -73,23 +89,25 @@ def _check_pair(image: Path, data: DataConfig) -> tuple[Path | None, list[str], 
         msg = (f"{_rel(mask_path, root)}: values {{{shown}}} outside 0..{spec.nc - 1} and ignore_index "
                f"{spec.ignore_index} ({n_bad:,} px)")
         if set(np.flatnonzero(counts)) <= {0, 255}:
-            msg += "; looks like a binary mask saved as 0/255: set ignore_index: 255 if 255 means 'ignore', else remap 255 -> 1"
+            msg += ("; looks like a binary mask saved as 0/255: set ignore_index: 255 if 255 means 'ignore', "
+                    "else remap 255 -> 1")
         problems.append(msg)
-    return mask_path, problems, counts[: spec.nc]
+    return mask_path, problems, counts
 
 
 def _fingerprint(data: DataConfig, split: str, images: list[Path]) -> str:
+    """Hash of what the check depends on: label config, file list, sizes and mtimes (not contents)."""
     h = hashlib.sha256()
     spec = data.mask_spec
     h.update(json.dumps([CHECK_VERSION, split, spec.nc, spec.ignore_index, list(spec.names), spec.palette,
                          spec.ignore_color, data.images_dir, data.masks_dir]).encode())
     for img in images:
         for p in (img, find_mask(img, data.images_dir, data.masks_dir)):
-            if p is None:
-                h.update(b"-")
-                continue
-            st = p.stat()
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+            try:
+                st = p.stat() if p is not None else None
+            except OSError:  # listed in a .txt but missing: the check itself reports it
+                st = None
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode() if st else f"{p}|-".encode())
     return h.hexdigest()
 
 
@@ -97,51 +115,86 @@ def check_split(data: DataConfig, split: str, workers: int = 4, use_cache: bool 
     """Check every image/mask pair of ``split`` (cached). Raises UserError only for an empty split."""
     images = data.split_images(split)
     key = _fingerprint(data, split, images)
-    cache_file = cache_dir() / f"check_{data.yaml_file.stem}_{split}_{key[:20]}.json"
+    # one file per (data YAML, split); the YAML's path hash keeps two 'data.yaml' files apart
+    yaml_id = hashlib.sha256(str(data.yaml_file.resolve()).encode()).hexdigest()[:8]
+    prefix = f"check_{data.yaml_file.stem}_{split}_{yaml_id}_"
+    cache_file = cache_dir() / f"{prefix}{key[:20]}.json"
     if use_cache and cache_file.is_file():
         try:
             c = json.loads(cache_file.read_text(encoding="utf-8"))
             if c.get("key") == key:
                 return SplitReport(split, [(Path(i), Path(m)) for i, m in c["items"]], c["problems"],
-                                   c["class_pixels"], c["num_bad"], cached=True)
+                                   c["class_pixels"], c["num_bad"], c["ignore_pixels"], cached=True)
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache is recomputed
     with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
         results = list(pool.map(lambda im: _check_pair(im, data), images))
-    items, problems, total, num_bad = [], [], np.zeros(data.nc, np.int64), 0
+    spec = data.mask_spec
+    items, problems, num_bad = [], [], 0
+    total = np.zeros(max(spec.nc, spec.ignore_index + 1), np.int64)
     for image, (mask, probs, counts) in zip(images, results):
         if probs:
             problems += probs
             num_bad += 1
         elif mask is not None and counts is not None:
             items.append((image, mask))
-            total += counts
-    report = SplitReport(split, items, problems, [int(v) for v in total], num_bad)
+            total += counts[: len(total)]  # clean masks hold no id above ignore_index
+    report = SplitReport(split, items, problems, [int(v) for v in total[: spec.nc]], num_bad,
+                         int(total[spec.ignore_index]))
     try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache_file, json.dumps({"key": key, "items": [[str(i), str(m)] for i, m in items],
                                                   "problems": problems, "class_pixels": report.class_pixels,
-                                                  "num_bad": num_bad}))
+                                                  "num_bad": num_bad, "ignore_pixels": report.ignore_pixels}))
+        for old in cache_file.parent.glob(f"{prefix}*.json"):  # results for files that have changed since
+            if old != cache_file:
+                old.unlink(missing_ok=True)
     except OSError:
         pass  # a read-only cache location only costs the re-check next time
     return report
 
 
+def _only_background_hint(data: DataConfig, r: SplitReport) -> str | None:
+    """A warning when a split's masks hold no pixel of classes 1..nc-1, e.g. 0/255 masks with ignore_index 255."""
+    if data.nc < 2 or not r.items or any(r.class_pixels[1:]):
+        return None
+    hint = (f"; if these are binary masks saved as 0/255, 255 is being ignored: remap 255 -> 1 and keep "
+            f"ignore_index for 'unlabelled'" if r.ignore_pixels else "")
+    return (f"warning: no '{r.split}' mask holds any pixel of classes 1..{data.nc - 1} "
+            f"({', '.join(data.names[1:4])}{', ...' if data.nc > 4 else ''}); only class 0 and ignore_index "
+            f"{data.ignore_index} ({r.ignore_pixels:,} px){hint}")
+
+
 def preflight(data: DataConfig, splits: list[str], skip_bad: bool = False, workers: int = 4,
-              log=print) -> dict[str, SplitReport]:
-    """Check ``splits``; report every problem and raise UserError unless ``skip_bad`` drops them."""
-    reports = {s: check_split(data, s, workers) for s in splits}
-    problems = [(s, p) for s, r in reports.items() for p in r.problems]
-    if problems and not skip_bad:
-        lines = [f"dataset check failed for {data.yaml_file} (root {data.root}): {len(problems)} problem(s)"]
-        lines += [f"  [{s}] {p}" for s, p in problems]
-        lines.append("fix or remove these files, or pass --skip-bad to train on the rest")
+              log: Callable[[str], None] = print) -> dict[str, SplitReport]:
+    """Check ``splits``; report every problem of every split and raise UserError unless ``skip_bad`` drops them.
+
+    An empty or missing split is always an error; ``skip_bad`` only drops individual bad files.
+    """
+    reports: dict[str, SplitReport] = {}
+    missing: list[tuple[str, str]] = []  # an empty or missing split: --skip-bad cannot help
+    for s in splits:
+        try:
+            reports[s] = check_split(data, s, workers)
+        except UserError as e:
+            missing.append((s, str(e)))
+    per_file = [(s, p) for s, r in reports.items() for p in r.problems]
+    emptied = [(s, f"no usable image/mask pairs left after dropping {r.num_bad} bad one(s)")
+               for s, r in reports.items() if not r.items and skip_bad]
+    if missing or emptied or (per_file and not skip_bad):
+        shown = missing + per_file + emptied
+        lines = [f"dataset check failed for {data.yaml_file} (root {data.root}): {len(shown)} problem(s)"]
+        lines += [f"  [{s}] {p}" for s, p in shown]
+        if missing:
+            lines.append("an empty or missing split is an error even with --skip-bad: point the data YAML at images")
+        if per_file and not skip_bad:
+            lines.append("fix or remove these files, or pass --skip-bad to train on the rest")
         raise UserError("\n".join(lines))
     for s, r in reports.items():
         if r.num_bad:
             log(f"dataset check: --skip-bad dropped {r.num_bad} of {r.num_bad + len(r.items)} '{s}' images")
             for p in r.problems:
                 log(f"  [{s}] {p}")
-        if not r.items:
-            raise UserError(f"{data.yaml_file}: split '{s}' has no usable image/mask pairs")
+        hint = _only_background_hint(data, r) if s == "train" else None
+        if hint:
+            log(hint)
     return reports

@@ -6,6 +6,7 @@ index its own seed, so a run gives the same batches with 0 or N workers, and aft
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -121,6 +122,10 @@ def collate_eval(batch: list) -> tuple[torch.Tensor, list[torch.Tensor], list[in
 
 def _worker_init(_: int) -> None:
     cv2.setNumThreads(0)  # one process per core already; nested OpenCV threads only contend
+    # Ctrl-C and `kill -TERM -<pgid>` reach the workers too; a worker dying of them would crash the main
+    # process mid-step. The main process handles the stop (saves last.pt) and then shuts its workers down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def build_loader(dataset: SegDataset, batch_size: int, workers: int, shuffle: bool, seed: int = 0,

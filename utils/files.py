@@ -48,15 +48,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._\-][A-Za-z0-9._\-/]*$")
 
 
-def run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False, mkdir: bool = True) -> Path:
-    """``project/name``, or ``project/name2``, ``name3``... when it exists and ``exist_ok`` is False.
+def check_run_name(project: str | os.PathLike, name: str) -> Path:
+    """``project/name`` after checking that ``name`` stays inside ``project``.
 
-    ``name`` must stay inside ``project``: absolute paths and '..' components are refused.
+    Absolute paths, '..' components, '.', odd characters and symlinks leading out are refused.
     """
-    if not name or Path(name).is_absolute() or ".." in Path(name).parts or not _SAFE_NAME.match(name):
+    parts = Path(name).parts if name else ()
+    if not parts or Path(name).is_absolute() or ".." in parts or not _SAFE_NAME.match(name):
         raise UserError(f"--name '{name}': use a plain folder name (letters, digits, '.', '_', '-'); "
                         f"absolute paths and '..' are refused so runs stay inside --project")
     base = Path(project) / name
+    if not base.resolve().is_relative_to(Path(project).resolve()):
+        raise UserError(f"--name '{name}': {base} resolves to {base.resolve()}, outside --project {project} "
+                        f"(a symlink?); choose another name")
+    return base
+
+
+def run_dir(project: str | os.PathLike, name: str, exist_ok: bool = False, mkdir: bool = True) -> Path:
+    """``project/name``, or ``project/name2``, ``name3``... when it exists and ``exist_ok`` is False.
+
+    ``name`` must stay inside ``project`` (see ``check_run_name``).
+    """
+    base = check_run_name(project, name)
     path = base
     if path.exists() and not exist_ok:
         n = 2

@@ -109,8 +109,8 @@ def _read_labelme(path: Path, spec: MaskSpec, image_hw: tuple[int, int] | None) 
             raise MaskError(path, f"shape {k}: label '{label}' is not in the data YAML's names")
         pts = np.asarray(shape.get("points", []), dtype=np.float64)
         kind = shape.get("shape_type") or "polygon"
-        if pts.ndim != 2 or pts.shape[1] != 2:
-            raise MaskError(path, f"shape {k} ('{label}'): points must be a list of [x, y]")
+        if pts.ndim != 2 or pts.shape[1] != 2 or not np.isfinite(pts).all():
+            raise MaskError(path, f"shape {k} ('{label}'): points must be a list of finite [x, y]")
         value = int(ids[label])
         if kind == "polygon":
             if len(pts) < 3:
