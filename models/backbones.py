@@ -65,8 +65,12 @@ class TorchvisionBackbone(Backbone):
         if not isinstance(features, list) or not all(isinstance(f, list) and len(f) == 3 for f in features):
             raise UserError(f"{label}: 'features' must be a list of [child, stride, channels] rows")
         net = builder(weights=None)
+        self._source_keys = frozenset(net.state_dict())  # what torchvision's weights file must hold
         body_path = spec.get("body") or ""
-        body = _get_attr_path(net, body_path)
+        try:
+            body = _get_attr_path(net, body_path)
+        except AttributeError:
+            raise UserError(f"{label}: torchvision's {spec['name']} has no module '{body_path}' (key 'body')") from None
         names = [str(f[0]) for f in features]
         children: OrderedDict[str, nn.Module] = OrderedDict()
         for name, module in body.named_children():
@@ -123,15 +127,20 @@ class TorchvisionBackbone(Backbone):
         """Load torchvision's ImageNet weights into this (already built) backbone."""
         state = load_torchvision_state_dict(self.spec)
         keys = {k: self.source_key(k) for k in self.state_dict()}
-        missing = [v for v in keys.values() if v not in state]
-        try:
-            if missing:
-                raise KeyError(f"{len(missing)} tensors missing, e.g. {missing[0]}")
-            self.load_state_dict({k: state[v] for k, v in keys.items()})
-        except (KeyError, RuntimeError) as e:  # a cached file of another model or version
-            reason = str(e).splitlines()[0]
+        # the whole file must be this model's (ResNet-34's weights would otherwise fill a ResNet-18)
+        missing, unexpected = sorted(self._source_keys - set(state)), sorted(set(state) - self._source_keys)
+        reason = ""
+        if missing or unexpected:
+            reason = (f"{len(missing)} tensors missing, {len(unexpected)} unexpected, "
+                      f"e.g. {(missing or unexpected)[0]}")
+        else:
+            try:
+                self.load_state_dict({k: state[v] for k, v in keys.items()})
+            except RuntimeError as e:  # shape mismatch: a cached file of another model or version
+                reason = str(e).strip().splitlines()[-1].strip()
+        if reason:
             raise UserError(f"--weights pretrained: {pretrained_cache_file(self.spec)[1]} does not fit "
-                            f"{self.spec['name']} ({reason})") from None
+                            f"{self.spec['name']} ({reason})")
 
 
 def pretrained_cache_file(spec: dict[str, Any]) -> tuple[str, Path]:
