@@ -141,7 +141,11 @@ def build_model(cfg: dict[str, Any]) -> SegmentationModel:
     else:
         backbone = BACKBONES.get(cfg["backbone"])()
     if cfg.get("head") is not None or head is None:
-        head = HEADS.get(cfg.get("head") or "segment")(backbone.channels, backbone.strides, nc, **cfg.get("head_args", {}))
+        name, head_args = cfg.get("head") or "segment", cfg.get("head_args", {})
+        try:
+            head = HEADS.get(name)(backbone.channels, backbone.strides, nc, **head_args)
+        except TypeError as e:  # an option the head does not take
+            raise UserError(f"--head-args {head_args}: not accepted by the '{name}' head ({e})") from None
     aux = AuxHead(backbone.channels, backbone.strides, nc) if cfg.get("aux") else None
     model = SegmentationModel(backbone, head, nc, aux)
     model.cfg = cfg  # type: ignore[assignment]

@@ -4,6 +4,7 @@ Usage:
     python segment/benchmark.py --img-size 640 640 --no-latency            # every combination
     python segment/benchmark.py --backbones resnet18,convnext_tiny --heads segment --threads 2
     python segment/benchmark.py --cfg models/backbone/convnext_tiny.yaml --heads unet --json out.json
+    python segment/benchmark.py --cfg models/yolov5_seg.yaml,models/yolov8_seg.yaml --scale all --no-latency
     python segment/benchmark.py --cfg models/yolov8_seg.yaml --scale n --layers  # per-layer table
 
 GFLOPs are thop's multiply-accumulates x 2 for one image. Latency is the median over ``--runs``
@@ -40,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbones", default="", help="comma-separated registered backbones (default: all)")
     p.add_argument("--heads", default="", help="comma-separated registered heads (default: all)")
-    p.add_argument("--cfg", default="", help="a model YAML (backbone spec or YOLO graph) instead of the registry")
-    p.add_argument("--scale", default=None, help="scale of a YOLO graph YAML (n/s/m/l/x)")
+    p.add_argument("--cfg", default="", help="model YAML(s), comma-separated (backbone specs or YOLO graphs)")
+    p.add_argument("--scale", default=None, help="scale(s) of YOLO graph YAMLs: n, or n,s,m, or all")
     p.add_argument("--img-size", nargs=2, type=int, default=[640, 640], metavar=("H", "W"))
     p.add_argument("--nc", type=int, default=11, help="classes (default 11, CamVid); only the classifier depends on it")
     p.add_argument("--no-latency", action="store_true", help="skip the CPU latency measurement")
@@ -62,6 +63,15 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _scales(path: str, args: argparse.Namespace) -> list[str | None]:
+    """Scales to measure for one --cfg file: --scale (comma-separated, or 'all'), else the file's own."""
+    cfg = model_config(args.nc, cfg=path)
+    graph = cfg.get("graph") or {}
+    if cfg.get("scale") is not None or not graph.get("scales") or not args.scale:
+        return [None]  # a scale in the file name (yolov8s_seg.yaml), a file without scales, or the default
+    return list(graph["scales"]) if args.scale == "all" else _split(args.scale)
+
+
 def model_configs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
     """(backbone label, head label, model config) for every combination the flags select."""
     heads = _split(args.heads)
@@ -70,13 +80,15 @@ def model_configs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, An
         raise UserError(f"--heads: unknown head(s) {', '.join(unknown)}; choose from: {', '.join(HEADS.names())}")
     if args.cfg:
         out = []
-        for head in heads or [None]:
-            cfg = model_config(args.nc, head=head, cfg=args.cfg, scale=args.scale)
-            if cfg.get("graph") is not None:
-                label = Path(cfg["cfg_file"]).name + (f"({cfg['scale']})" if cfg.get("scale") else "")
-            else:
-                label = Path(args.cfg).stem
-            out.append((label, cfg.get("head") or "graph", cfg))
+        for path in _split(args.cfg):
+            for scale in _scales(path, args):
+                for head in heads or [None]:
+                    cfg = model_config(args.nc, head=head, cfg=path, scale=scale)
+                    if cfg.get("graph") is not None:
+                        label = Path(cfg["cfg_file"]).name + (f"({cfg['scale']})" if cfg.get("scale") else "")
+                    else:
+                        label = Path(path).stem
+                    out.append((label, cfg.get("head") or "graph", cfg))
         return out
     backbones = _split(args.backbones) or BACKBONES.names()
     unknown = [b for b in backbones if b not in BACKBONES]

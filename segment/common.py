@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import traceback
@@ -16,8 +17,31 @@ from utils.errors import UserError
 
 
 def preprocess(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 (N, 3, H, W) RGB batch -> float [0, 1] on ``device`` (the model normalises)."""
-    return images.to(device, non_blocking=True).float().div_(255.0)
+    """uint8 (N, 3, H, W) RGB batch -> float [0, 1] on ``device`` (the model normalises).
+
+    The batch is made channels-last: convolutions then run in NHWC, about 30% faster on CPU here
+    (oneDNN) and the layout tensor cores want on CUDA.
+    """
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def parse_kv(text: str | dict[str, Any] | None, flag: str = "--head-args") -> dict[str, Any]:
+    """'min_stride=2,width=96' -> {'min_stride': 2, 'width': 96} (values read as Python literals)."""
+    if not text:
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    out: dict[str, Any] = {}
+    for part in str(text).split(","):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise UserError(f"{flag} '{text}': use key=value pairs separated by commas, e.g. min_stride=2,width=96")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()  # a bare word such as nearest
+    return out
 
 
 def parse_img_size(values: Sequence[int] | int | None) -> tuple[int, int]:
@@ -50,7 +74,9 @@ def load_model(weights: str | os.PathLike, device: torch.device, fuse: bool = Fa
 def add_common_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by train.py and val.py."""
     p.add_argument("--device", default="", help="cpu, 0, or 0,1 (empty: first GPU if any, else CPU)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="dataloader worker processes")
+    # two cores stay with the main process (its torch threads); on a 2-core machine loading runs inline
+    p.add_argument("--workers", type=int, default=min(8, max(0, (os.cpu_count() or 1) - 2)),
+                   help="dataloader worker processes")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of making name2, name3, ...")
     p.add_argument("--skip-bad", action="store_true", help="drop images/masks that fail the dataset check")
     p.add_argument("--verbose", action="store_true", help="show Python tracebacks for errors")

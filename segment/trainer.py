@@ -24,7 +24,7 @@ from tqdm import tqdm
 from models.model import build_model, describe, model_config
 from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_dataset, dataset_identity,
                                  find_resume_checkpoint, resume_args)
-from segment.common import parse_img_size, preprocess
+from segment.common import parse_img_size, parse_kv, preprocess
 from segment.runlog import RunLogger
 from segment.val import EvalResult, eval_loader, evaluate
 from utils.augment import AugmentConfig, train_transform
@@ -65,9 +65,9 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
             (decay if p.ndim > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999), foreach=True)
     raise UserError(f"--optimizer {name}: use sgd or adamw")
 
 
@@ -120,10 +120,11 @@ class Trainer:
             a.save_dir = str(self.save_dir)
         self.wdir = self.save_dir / "weights"
 
-        self.model_cfg = model_config(self.data.nc, a.backbone, a.head, a.cfg, a.scale, aux=a.aux_weight > 0)
+        self.model_cfg = model_config(self.data.nc, a.backbone, a.head, a.cfg, a.scale, aux=a.aux_weight > 0,
+                                      head_args=parse_kv(a.head_args))
         if self.resume_ckpt is not None:
             self.model_cfg = self.resume_ckpt["model_cfg"]
-        self.model = build_model(self.model_cfg).to(self.device)
+        self.model = build_model(self.model_cfg).to(self.device, memory_format=torch.channels_last)
         self._load_initial_weights()
         self.log(f"Model {describe(self.model_cfg)}: {count_params(self.model) / 1e6:.2f} M parameters, "
                  f"{gflops(self.model, self.img_size):.2f} GFLOPs at {self.img_size[0]}x{self.img_size[1]}")
@@ -375,14 +376,14 @@ class Trainer:
         return f"The last good checkpoint is {last}: start a new run from it with --weights {last} and a lower --lr0."
 
     def _save(self, epoch: int, best: bool, metrics: dict[str, Any] | None) -> None:
-        ckpt = self._checkpoint(epoch, metrics)
+        paths = []
         if self.args.save_period > 0 and (epoch + 1) % self.args.save_period == 0:
-            save_checkpoint(ckpt, self.wdir / f"epoch{epoch + 1}.pt")
+            paths.append(self.wdir / f"epoch{epoch + 1}.pt")
         if best:
-            save_checkpoint(ckpt, self.wdir / "best.pt")
+            paths.append(self.wdir / "best.pt")
         # last.pt is written last: it commits the epoch. A kill before it redoes the epoch on --resume,
         # which rewrites the files above with identical contents (best.pt is never left behind its state).
-        save_checkpoint(ckpt, self.wdir / "last.pt")
+        save_checkpoint(self._checkpoint(epoch, metrics), *paths, self.wdir / "last.pt")
 
     def _interrupt(self, epoch: int, next_step: int) -> None:
         """Save a resumable last.pt (mid-epoch: with the RNG state) and stop with a clear message."""

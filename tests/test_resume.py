@@ -113,13 +113,14 @@ def test_crash_around_the_epoch_end_checkpoints_resumes_exactly(reference, tmp_p
     assert load_checkpoint(ref / "weights" / "best.pt")["epoch"] == 2  # the final epoch is the best one
     real_save = trainer_mod.save_checkpoint
 
-    def save(ckpt, path):
-        name = f"{Path(path).name}"
-        if ckpt["epoch"] == 2 and not ckpt["finished"] and point == f"before {name}":
-            raise Crash
-        real_save(ckpt, path)
-        if ckpt["epoch"] == 2 and not ckpt["finished"] and point == f"after {name}":
-            raise Crash
+    def save(ckpt, *paths):
+        for path in paths:
+            name = f"{Path(path).name}"
+            if ckpt["epoch"] == 2 and not ckpt["finished"] and point == f"before {name}":
+                raise Crash
+            real_save(ckpt, path)
+            if ckpt["epoch"] == 2 and not ckpt["finished"] and point == f"after {name}":
+                raise Crash
 
     monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
     with pytest.raises(Crash):

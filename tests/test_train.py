@@ -138,17 +138,33 @@ def test_recipe_resnet50_runs(tiny_data, tmp_path):
     assert "loss: ce+dice" in args and "optimizer: sgd" in args
 
 
+QUICKSTART = dict(data="data/shapes.yaml", cfg="models/yolov8n_seg.yaml", img_size=[96], loss="ce+dice", lr0=2e-3,
+                  cos_lr=True, scale_range=[0.75, 1.25], batch_size=8, device="cpu")
+
+
 @pytest.mark.slow
 def test_shapes_short_training_learns(tmp_path, monkeypatch):
-    """A short run on the synthetic shapes task gets far above chance, and val.py agrees with the log."""
+    """The README quickstart, cut from 50 to 15 epochs: far above chance, and val.py agrees with the log."""
     monkeypatch.setenv("SEG_DATASETS_DIR", str(tmp_path / "datasets"))
-    s = train.run(data="data/shapes.yaml", img_size=[64, 64], epochs=4, batch_size=16, workers=2,
-                  project=str(tmp_path), name="shapes", backbone="mobilenet_v3_small", head="unet", device="cpu",
-                  lr0=3e-3, scale_range=[0.75, 1.5])
-    assert s["best_fitness"] > 0.45, s  # chance is ~0.2 (background alone)
+    s = train.run(epochs=15, workers=0, project=str(tmp_path), name="shapes", **QUICKSTART)
+    assert s["best_fitness"] > 0.5, s  # chance is ~0.2 (background alone); 50 epochs reach ~0.85
     out = val.run(weights=str(Path(s["save_dir"]) / "weights" / "best.pt"), project=str(tmp_path), name="v",
-                  workers=2, batch_size=16)
+                  workers=0, batch_size=8)
     assert out["mIoU"] == pytest.approx(s["best_fitness"], abs=1e-6)
+
+
+def test_head_args_reach_the_head(tiny_data, tmp_path):
+    s = train.run(data=str(tiny_data), img_size=[32, 32], epochs=1, project=str(tmp_path), name="ha", head="unet",
+                  head_args="min_stride=2,width=16", **TINY)
+    ckpt = torch.load(Path(s["save_dir"]) / "weights" / "last.pt", weights_only=True)
+    assert ckpt["model_cfg"]["head_args"] == {"min_stride": 2, "width": 16}
+    # width is set at stride 4 and halves per finer level: min_stride=2 adds a level of 8 channels
+    assert ckpt["model"]["head.classifier.weight"].shape == (3, 8, 1, 1)
+    from utils.errors import UserError
+
+    with pytest.raises(UserError, match="not accepted by the 'segment' head"):
+        train.run(data=str(tiny_data), img_size=[32, 32], epochs=1, project=str(tmp_path), name="bad",
+                  head_args="depth=3", **TINY)
 
 
 @pytest.mark.slow
@@ -156,9 +172,11 @@ def test_shapes_short_training_learns(tmp_path, monkeypatch):
 def test_camvid_one_epoch_small(tmp_path, monkeypatch):
     """The same commands work on the real dataset (a tiny run: 96x128, one epoch)."""
     monkeypatch.setenv("SEG_DATASETS_DIR", str(CAMVID.parent))
-    s = train.run(data="data/camvid.yaml", img_size=[96, 128], epochs=1, batch_size=16, workers=2,
-                  project=str(tmp_path), name="cv", backbone="mobilenet_v3_small", device="cpu")
-    assert s["best_fitness"] > 0.05
+    s = train.run(data="data/camvid.yaml", img_size=[96, 128], epochs=1, batch_size=16, workers=0,
+                  project=str(tmp_path), name="cv", cfg="models/yolov8n_seg.yaml", device="cpu")
+    # one epoch from scratch (measured: mIoU 0.149, pixel acc 0.51); chance is ~0.09 / the road share 0.32
+    assert s["best_fitness"] > 0.08 and s["best_metrics"]["pixel_acc"] > 0.35
     out = val.run(weights=str(Path(s["save_dir"]) / "weights" / "best.pt"), split="test", project=str(tmp_path),
-                  name="t", workers=2, batch_size=16)
-    assert out["num_images"] == 233 and len(out["per_class"]) == 11
+                  name="t", workers=0, batch_size=16)
+    assert out["num_images"] == 233 and list(out["per_class"])[10] == "Bicyclist"
+    assert out["img_size"] == [96, 128] and 0.0 < out["mIoU"] < 1.0

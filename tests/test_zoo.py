@@ -91,8 +91,8 @@ def test_exact_parameter_counts():
     model = build_model(model_config(NC, backbone="resnet18", head="segment"))
     assert sum(p.numel() for p in model.backbone.parameters()) == 11_689_512 - 513_000
     # SegmentHead, width 128, levels at strides 4..32 (64+128+256+512 channels):
-    # laterals 960*128 + 4*256 BN, fuse 3x3 512->128 (589,824 + 256), classifier 128*5 + 5
-    assert sum(p.numel() for p in model.head.parameters()) == 123_904 + 590_080 + 645
+    # laterals 960*128 + 4*256 BN, fusion 1x1 512->128 (65,536 + 256), classifier 128*5 + 5
+    assert sum(p.numel() for p in model.head.parameters()) == 123_904 + 65_792 + 645
     # UNetHead on mobilenet_v3_small (16/24/48/96 channels at strides 4..32), widths 64/128/256/256:
     # center 96->256 (25,088), blocks 304->256 (668,672), 280->128 (183,808), 144->64 (46,336), classifier 325
     model = build_model(model_config(NC, backbone="mobilenet_v3_small", head="unet"))

@@ -20,19 +20,19 @@ from utils.files import atomic_write
 CHECKPOINT_FORMAT = 1
 
 
-def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike) -> None:
-    """Serialise ``ckpt`` to memory first, then atomically replace ``path`` with it.
+def save_checkpoint(ckpt: dict[str, Any], *paths: str | os.PathLike) -> None:
+    """Serialise ``ckpt`` to memory once, then atomically replace each of ``paths`` with it, in order.
 
-    A failure while serialising (or a kill at any instant) leaves the previous file byte-identical.
+    A failure while serialising (or a kill at any instant) leaves every previous file byte-identical.
     """
     buf = io.BytesIO()
     torch.save(ckpt, buf)
-    path = Path(path)
-    # A process killed mid-write leaves its hidden temporary file behind (the target itself is intact);
-    # a run folder has one writer, so the next save of the same file removes such leftovers.
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    for path in map(Path, paths):
+        # A process killed mid-write leaves its hidden temporary file behind (the target itself is
+        # intact); a run folder has one writer, so the next save of the same file removes such leftovers.
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -137,7 +137,10 @@ def build_loader(dataset: SegDataset, batch_size: int, workers: int, shuffle: bo
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate_train if dataset.train else collate_eval, pin_memory=pin_memory,
                       drop_last=drop_last, worker_init_fn=_worker_init if workers > 0 else None,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed),
+                      # workers hold no state (order and seeds come from the sampler in this process),
+                      # so they can live across epochs instead of being forked again for each one
+                      persistent_workers=workers > 0)
 
 
 def class_weights_from_counts(counts: Sequence[int]) -> list[float]:

@@ -1,8 +1,10 @@
 """Deterministic synthetic datasets, generated on first use (no network).
 
-``shapes``: 128x128 images of circles, triangles, squares and crosses on textured, noisy backgrounds
-with distractor lines. Every object gets a random colour, so only its shape tells its class; objects
-overlap (later over earlier), and a one-pixel band on object borders is labelled ignore (255).
+``shapes``: 96x96 images of circles, triangles, rings and crosses on textured, noisy backgrounds with
+distractor lines. Every object gets a random colour (one that stands out from what it covers), so only
+its shape tells its class; objects overlap (later over earlier, by at most a quarter of the newer one),
+and a one-pixel band on object borders is labelled ignore (255). Sized so that the README's quickstart
+reaches val mIoU > 0.8 in under 3 minutes on 2 CPU cores.
 """
 from __future__ import annotations
 
@@ -14,9 +16,11 @@ from typing import Callable
 import cv2
 import numpy as np
 
-SHAPES_NAMES = ["background", "circle", "triangle", "square", "cross"]
+SHAPES_NAMES = ["background", "circle", "triangle", "ring", "cross"]
 SHAPES_SPLITS = {"train": 320, "val": 64, "test": 64}
-SHAPES_SIZE = 128
+SHAPES_SIZE = 96
+MIN_CONTRAST = 140.0  # RGB distance between an object and the background it covers
+MAX_OVERLAP = 0.25  # share of a new object that may cover earlier ones
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
 
 
@@ -28,21 +32,18 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
     # low-frequency blotches: texture that is not a shape
-    blotch = cv2.resize(rng.normal(0, 25, (8, 8, 3)), (size, size), interpolation=cv2.INTER_CUBIC)
+    blotch = cv2.resize(rng.normal(0, 14, (8, 8, 3)), (size, size), interpolation=cv2.INTER_CUBIC)
     img = img + blotch
-    for _ in range(rng.integers(2, 6)):  # distractor lines stay background
+    for _ in range(rng.integers(1, 5)):  # distractor lines (thinner than any object part) stay background
         p0, p1 = rng.integers(0, size, 2), rng.integers(0, size, 2)
         cv2.line(img, tuple(int(v) for v in p0), tuple(int(v) for v in p1), rng.uniform(0, 255, 3).tolist(),
-                 int(rng.integers(1, 4)))
+                 int(rng.integers(1, 3)))
     return img
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
     if kind == "triangle":
         a = angle + np.arange(3) * 2 * np.pi / 3
-        pts = np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], 1)
-    elif kind == "square":
-        a = angle + np.pi / 4 + np.arange(4) * np.pi / 2
         pts = np.stack([cx + r * np.cos(a), cy + r * np.sin(a)], 1)
     else:  # cross: a plus sign of arm half-width r/3
         w = r / 3
@@ -53,22 +54,37 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> np.ndar
     return np.round(pts).astype(np.int32)
 
 
+def _shape_mask(rng: np.random.Generator, kind: str, size: int, mask: np.ndarray) -> np.ndarray:
+    """A boolean mask of one object, placed fully inside the frame and over earlier objects only partly."""
+    for _ in range(10):
+        r = float(rng.uniform(0.09, 0.22)) * size * (1.2 if kind == "triangle" else 1.0)  # similar areas per class
+        cx, cy = rng.uniform(r, size - r, 2)
+        obj = np.zeros((size, size), np.uint8)
+        if kind in ("circle", "ring"):
+            cv2.circle(obj, (int(round(cx)), int(round(cy))), int(round(r * 0.85)), 1, -1)
+            if kind == "ring":  # an annulus: what lies in its hole stays visible
+                cv2.circle(obj, (int(round(cx)), int(round(cy))), int(round(r * 0.4)), 0, -1)
+        else:
+            cv2.fillPoly(obj, [_polygon(kind, cx, cy, r, rng.uniform(0, 2 * np.pi))], 1)
+        sel = obj.astype(bool)
+        if (sel & (mask > 0)).sum() <= MAX_OVERLAP * sel.sum():
+            break
+    return sel
+
+
 def shapes_sample(rng: np.random.Generator, size: int = SHAPES_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """One (RGB uint8 image, uint8 mask) pair of the shapes task."""
     img = _background(rng, size)
     mask = np.zeros((size, size), np.uint8)
     for _ in range(rng.integers(2, 6)):
         cls = int(rng.integers(1, len(SHAPES_NAMES)))
-        r = float(rng.uniform(10, 26))
-        cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
-        obj = np.zeros((size, size), np.uint8)
-        if SHAPES_NAMES[cls] == "circle":
-            cv2.circle(obj, (int(round(cx)), int(round(cy))), int(round(r * 0.85)), 1, -1)
-        else:
-            cv2.fillPoly(obj, [_polygon(SHAPES_NAMES[cls], cx, cy, r, rng.uniform(0, 2 * np.pi))], 1)
-        color = rng.uniform(0, 255, 3)
-        shade = color[None, None] + rng.normal(0, 12, (size, size, 3))  # textured fill
-        sel = obj.astype(bool)
+        sel = _shape_mask(rng, SHAPES_NAMES[cls], size, mask)
+        under = img[sel].mean(0)
+        for _ in range(20):  # a random colour, but one that stands out from what it covers
+            color = rng.uniform(0, 255, 3)
+            if np.linalg.norm(color - under) >= MIN_CONTRAST:
+                break
+        shade = color[None, None] + rng.normal(0, 8, (size, size, 3))  # textured fill
         img[sel] = shade[sel]
         mask[sel] = cls
     img = img + rng.normal(0, rng.uniform(4, 14), img.shape)

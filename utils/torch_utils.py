@@ -87,20 +87,29 @@ class ModelEMA:
     def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0, updates: int = 0) -> None:
         self.ema = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
         self.decay, self.tau, self.updates = decay, tau, updates
+        self._pairs: tuple[nn.Module, list, list, list, list] | None = None
 
     def current_decay(self) -> float:
         return self.decay * (1 - math.exp(-self.updates / self.tau))
 
+    def _tensor_pairs(self, model: nn.Module) -> tuple[list, list, list, list]:
+        """(EMA floats, model floats, EMA others, model others), cached: the tensors are updated in place."""
+        if self._pairs is None or self._pairs[0] is not model:
+            msd, esd = unwrap(model).state_dict(), self.ema.state_dict()
+            fe = [v for v in esd.values() if v.dtype.is_floating_point]
+            fm = [msd[k] for k, v in esd.items() if v.dtype.is_floating_point]
+            oe = [v for v in esd.values() if not v.dtype.is_floating_point]
+            om = [msd[k] for k, v in esd.items() if not v.dtype.is_floating_point]
+            self._pairs = (model, fe, fm, oe, om)
+        return self._pairs[1:]
+
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
-        d = self.current_decay()
-        msd = unwrap(model).state_dict()
-        for k, v in self.ema.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
-            else:
-                v.copy_(msd[k])
+        fe, fm, oe, om = self._tensor_pairs(model)
+        torch._foreach_lerp_(fe, fm, 1.0 - self.current_decay())  # ema += (1 - d) * (model - ema)
+        for e, m in zip(oe, om):
+            e.copy_(m)
 
     def state_dict(self) -> dict[str, Any]:
         return {"updates": self.updates, "decay": self.decay, "tau": self.tau}
