@@ -104,8 +104,8 @@ def cpu_latency_ms(model: nn.Module, img_size: tuple[int, int], runs: int, warmu
     On a CPU shared with other jobs a burst of foreign load stalls torch's worker threads at every
     barrier and can inflate a whole pass several-fold; separate passes let one quiet pass through.
     """
-    model.eval()
-    x = torch.rand(1, 3, *img_size)
+    model.eval().to(memory_format=torch.channels_last)  # the layout val/train run in (segment.common)
+    x = torch.rand(1, 3, *img_size).contiguous(memory_format=torch.channels_last)
     medians = []
     with torch.inference_mode():
         for _ in range(warmup):

@@ -65,7 +65,7 @@ def load_model(weights: str | os.PathLike, device: torch.device, fuse: bool = Fa
     if missing or unexpected:
         raise UserError(f"{weights}: weights do not fit the stored model config "
                         f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]})")
-    model.to(device).eval()
+    model.to(device, memory_format=torch.channels_last).eval()  # matches preprocess()
     if fuse:
         model.fuse()
     return model, ckpt

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from models.model import build_model, describe, model_config
 from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_dataset, dataset_identity,
                                  find_resume_checkpoint, resume_args)
-from segment.common import parse_img_size, parse_kv, preprocess
+from segment.common import load_model, parse_img_size, parse_kv, preprocess
 from segment.runlog import RunLogger
 from segment.val import EvalResult, eval_loader, evaluate
 from utils.augment import AugmentConfig, train_transform
@@ -416,8 +416,7 @@ class Trainer:
         last["finished"] = True
         save_checkpoint(last, self.wdir / "last.pt")
         if best.is_file():
-            model = build_model(self.model_cfg).to(self.device)
-            model.load_state_dict(load_checkpoint(best)["model"])
+            model, _ = load_model(best, self.device)  # exactly what val.py will load
             res: EvalResult = evaluate(model, self.val_loader, self.data, self.device, amp=self.amp,
                                        keep_examples=8, desc="best.pt val")
             self.logger.final_plots(st.rows, res)
