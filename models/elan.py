@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import C3
+from models.blocks import C3, Bottleneck
 from models.conv import Conv, fuse_conv_bn
 from models.registry import MODULES
 
@@ -78,20 +78,13 @@ class RepConv(nn.Module):
         self.forward = self.forward_fuse  # type: ignore[method-assign]
 
 
-class RepBottleneck(nn.Module):
+class RepBottleneck(Bottleneck):
     """Bottleneck whose first 3x3 Conv is a RepConv (YOLOv9)."""
 
     def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple[int, int] = (3, 3),
                  e: float = 0.5) -> None:
-        super().__init__()
-        c_ = int(c2 * e)
-        self.cv1 = RepConv(c1, c_, k[0], 1)
-        self.cv2 = Conv(c_, c2, k[1], 1, g=g)
-        self.add = shortcut and c1 == c2
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.cv2(self.cv1(x))
-        return x + y if self.add else y
+        super().__init__(c1, c2, shortcut, g, k, e)
+        self.cv1 = RepConv(c1, int(c2 * e), k[0], 1)
 
 
 @MODULES.register()
@@ -112,9 +105,13 @@ class RepNCSPELAN4(nn.Module):
         super().__init__()
         self.c = c3 // 2
         self.cv1 = Conv(c1, c3, 1, 1)
-        self.cv2 = nn.Sequential(RepCSP(c3 // 2, c4, n), Conv(c4, c4, 3, 1))
-        self.cv3 = nn.Sequential(RepCSP(c4, c4, n), Conv(c4, c4, 3, 1))
+        self.cv2, self.cv3 = self.stages(c3 // 2, c4, n)
         self.cv4 = Conv(c3 + 2 * c4, c2, 1, 1)
+
+    def stages(self, c_in: int, c4: int, n: int) -> tuple[nn.Module, nn.Module]:
+        """The two chained stages; ELAN1 replaces them with plain 3x3 Convs."""
+        return (nn.Sequential(RepCSP(c_in, c4, n), Conv(c4, c4, 3, 1)),
+                nn.Sequential(RepCSP(c4, c4, n), Conv(c4, c4, 3, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = list(self.cv1(x).chunk(2, 1))
@@ -123,23 +120,14 @@ class RepNCSPELAN4(nn.Module):
 
 
 @MODULES.register()
-class ELAN1(nn.Module):
+class ELAN1(RepNCSPELAN4):
     """The light ELAN of YOLOv9-t/s: RepNCSPELAN4's layout with plain 3x3 Convs in place of its stages."""
 
-    width_args = ("c2", "c3", "c4")
-
     def __init__(self, c1: int, c2: int, c3: int, c4: int) -> None:
-        super().__init__()
-        self.c = c3 // 2
-        self.cv1 = Conv(c1, c3, 1, 1)
-        self.cv2 = Conv(c3 // 2, c4, 3, 1)
-        self.cv3 = Conv(c4, c4, 3, 1)
-        self.cv4 = Conv(c3 + 2 * c4, c2, 1, 1)
+        super().__init__(c1, c2, c3, c4)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = list(self.cv1(x).chunk(2, 1))
-        y.extend(m(y[-1]) for m in (self.cv2, self.cv3))
-        return self.cv4(torch.cat(y, 1))
+    def stages(self, c_in: int, c4: int, n: int) -> tuple[nn.Module, nn.Module]:
+        return Conv(c_in, c4, 3, 1), Conv(c4, c4, 3, 1)
 
 
 @MODULES.register()

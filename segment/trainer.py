@@ -302,7 +302,9 @@ class Trainer:
             return False
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(opt)
-        gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        # the norm is needed for the finiteness check even when clipping is off (--grad-clip 0)
+        max_norm = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
+        gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if not torch.isfinite(gnorm) and not self.amp:  # with AMP the scaler skips and rescales by itself
             opt.zero_grad(set_to_none=True)
             return False
@@ -411,16 +413,16 @@ class Trainer:
         if not self.main:
             return summary
         best = self.wdir / "best.pt"
-        # mark the run finished so --resume has nothing left to do
-        last = load_checkpoint(self.wdir / "last.pt")
-        last["finished"] = True
-        save_checkpoint(last, self.wdir / "last.pt")
         if best.is_file():
             model, _ = load_model(best, self.device)  # exactly what val.py will load
             res: EvalResult = evaluate(model, self.val_loader, self.data, self.device, amp=self.amp,
                                        keep_examples=8, desc="best.pt val")
             self.logger.final_plots(st.rows, res)
             summary["best_metrics"] = res.metrics
+        # marked only now, so a run killed during the wrap-up resumes into it and still gets its plots
+        last = load_checkpoint(self.wdir / "last.pt")
+        last["finished"] = True
+        save_checkpoint(last, self.wdir / "last.pt")
         self.log(f"{st.next_epoch} epochs in {seconds / 60:.1f} min; best val mIoU {st.best_fitness:.4f} "
                  f"(epoch {st.best_epoch})")
         self.log(f"Results saved to {self.save_dir}\n  weights: {best}\n  validate: python segment/val.py "

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny synthetic datasets written to a temporary folder."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -9,7 +10,15 @@ import pytest
 
 from utils.yamlio import dump_yaml
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
+def _find_camvid() -> Path:
+    """CamVid under $SEG_DATASETS_DIR when it is there, else the shared copy beside the checkout."""
+    env = os.environ.get("SEG_DATASETS_DIR")
+    if env and (Path(env) / "camvid" / "images").is_dir():
+        return Path(env) / "camvid"
+    return Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
+
+
+CAMVID = _find_camvid()
 
 
 def write_dataset(root: Path, splits: dict[str, int], hw: tuple[int, int] = (40, 56), nc: int = 3,

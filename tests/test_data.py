@@ -78,6 +78,27 @@ def test_shapes_yaml_generates_into_datasets_dir(tmp_path, monkeypatch):
     assert (tmp_path / "shapes" / "masks" / "val" / "0000.png").is_file()
 
 
+def test_shapes_older_generation_is_replaced_but_user_folders_are_not(tmp_path, monkeypatch):
+    from utils.synthetic import STAMP, SHAPES_VERSION
+
+    monkeypatch.setenv("SEG_DATASETS_DIR", str(tmp_path))
+    old = tmp_path / "shapes"
+    (old / "images" / "train").mkdir(parents=True)
+    (old / "images" / "train" / "old.jpg").write_bytes(b"x")
+    (old / STAMP).write_text("shapes 1\n")  # an older generator's output: replaced, not mixed
+    d = load_data_config("data/shapes.yaml")
+    assert not (old / "images" / "train" / "old.jpg").exists() and len(d.split_images("train")) == 320
+    assert (old / STAMP).read_text().split() == ["shapes", str(SHAPES_VERSION)]
+    assert [p.name for p in tmp_path.iterdir()] == ["shapes"]  # no temporary folders left behind
+
+    monkeypatch.setenv("SEG_DATASETS_DIR", str(tmp_path / "user"))
+    mine = tmp_path / "user" / "shapes" / "images" / "train"
+    mine.mkdir(parents=True)
+    (mine / "mine.jpg").write_bytes(b"x")  # a folder we did not generate is never touched
+    d = load_data_config("data/shapes.yaml")
+    assert [p.name for p in d.split_images("train")] == ["mine.jpg"]
+
+
 def test_train_and_val_items(tiny_data):
     d = load_data_config(tiny_data)
     items = [(p, p.parent.parent.parent / "masks" / p.parent.name / p.name) for p in d.split_images("train")]

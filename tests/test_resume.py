@@ -130,6 +130,30 @@ def test_crash_around_the_epoch_end_checkpoints_resumes_exactly(reference, tmp_p
     assert_same_as_reference(tmp_path / "exp", ref)
 
 
+@pytest.mark.slow
+def test_crash_during_the_wrap_up_resumes_into_it(reference, tmp_path, monkeypatch):
+    """Killed after the last epoch but before the final plots: the run is not marked finished, so
+    --resume trains nothing more and writes the plots it owed."""
+    from segment.runlog import RunLogger
+
+    data, ref = reference
+    real_plots = RunLogger.final_plots
+
+    def crash(self, rows, res):
+        raise Crash
+
+    monkeypatch.setattr(RunLogger, "final_plots", crash)
+    with pytest.raises(Crash):
+        train.run(data=str(data), project=str(tmp_path), name="exp", workers=0, **TINY)
+    run = tmp_path / "exp"
+    assert not load_checkpoint(run / "weights" / "last.pt")["finished"] and not (run / "results.png").exists()
+    monkeypatch.setattr(RunLogger, "final_plots", real_plots)
+    s = train.run(resume=str(run / "weights" / "last.pt"), workers=0)
+    assert s["epochs_run"] == 2 and load_checkpoint(run / "weights" / "last.pt")["finished"]
+    assert (run / "results.png").is_file() and (run / "confusion_matrix.png").is_file()
+    assert_same_as_reference(run, ref)
+
+
 def test_sigint_stops_after_the_step_with_a_resumable_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
     """A real SIGINT (Ctrl-C) during a step: the step finishes, last.pt is saved mid-epoch with the RNG
     state, main() prints one line (no traceback) and exits 130."""

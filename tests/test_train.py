@@ -167,8 +167,19 @@ def test_head_args_reach_the_head(tiny_data, tmp_path):
                   head_args="depth=3", **TINY)
 
 
+def test_grad_clip_zero_means_no_clipping(tiny_data, tmp_path):
+    """--grad-clip 0 turns clipping off; it must not zero the gradients (max_norm=0 would)."""
+    common = dict(data=str(tiny_data), img_size=[32, 32], epochs=1, project=str(tmp_path), deterministic=True,
+                  ema=False, **TINY)
+    off = train.run(name="off", grad_clip=0.0, **common)
+    huge = train.run(name="huge", grad_clip=1e9, **common)
+    w_off = torch.load(Path(off["save_dir"]) / "weights" / "last.pt", weights_only=True)["model"]
+    w_huge = torch.load(Path(huge["save_dir"]) / "weights" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(w_off[k], w_huge[k]) for k in w_off)
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not present at ../shared/datasets/camvid")
+@pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not found ($SEG_DATASETS_DIR/camvid or ../shared/datasets/camvid)")
 def test_camvid_one_epoch_small(tmp_path, monkeypatch):
     """The same commands work on the real dataset (a tiny run: 96x128, one epoch)."""
     monkeypatch.setenv("SEG_DATASETS_DIR", str(CAMVID.parent))

@@ -22,6 +22,9 @@ SHAPES_SIZE = 96
 MIN_CONTRAST = 140.0  # RGB distance between an object and the background it covers
 MAX_OVERLAP = 0.25  # share of a new object that may cover earlier ones
 _SPLIT_SEED = {"train": 0, "val": 1, "test": 2}
+SHAPES_VERSION = 2  # bump when the generator's output changes; older copies are regenerated
+STAMP = ".generated"  # written into a generated dataset: "<generator> <version>"
+_PRE_STAMP_README = "Deterministic synthetic datasets"  # copies made before the stamp have only this README
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -109,12 +112,26 @@ def generate_shapes(root: Path) -> Path:
             cv2.imwrite(str(tmp / "images" / split / f"{i:04d}.jpg"), img[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 92])
             cv2.imwrite(str(tmp / "masks" / split / f"{i:04d}.png"), mask)
     (tmp / "README.md").write_text(__doc__ or "", encoding="utf-8")
+    (tmp / STAMP).write_text(f"shapes {SHAPES_VERSION}\n", encoding="utf-8")
     root.parent.mkdir(parents=True, exist_ok=True)
+    old = root.with_name(f".{root.name}.old{os.getpid()}")
+    if is_stale(root, "shapes"):
+        os.replace(root, old)  # a directory cannot be replaced while it is non-empty
     try:
         os.replace(tmp, root)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return root
 
 
+def is_stale(root: Path, name: str) -> bool:
+    """True if ``root`` holds an older output of generator ``name``; a folder we did not generate never is."""
+    stamp, readme = Path(root) / STAMP, Path(root) / "README.md"
+    if stamp.is_file():
+        return stamp.read_text(encoding="utf-8").split() != [name, str(VERSIONS[name])]
+    return readme.is_file() and readme.read_text(encoding="utf-8", errors="replace").startswith(_PRE_STAMP_README)
+
+
 GENERATORS: dict[str, Callable[[Path], Path]] = {"shapes": generate_shapes}
+VERSIONS: dict[str, int] = {"shapes": SHAPES_VERSION}
