@@ -7,16 +7,13 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from utils.checkpoint import CHECKPOINT_FORMAT
-from utils.dataconfig import load_data_config, resolve_data_yaml
+from utils.dataconfig import DataConfig, load_data_config, resolve_data_yaml
 from utils.errors import UserError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from segment.trainer import Trainer
 
 # Flags that only say how/where this process runs (or find the run); --resume accepts new values for
 # them. Any other flag given with --resume must equal the checkpoint's: a different value would
@@ -65,34 +62,30 @@ def plain_args(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_checkpoint(tr: "Trainer", raw: dict[str, torch.Tensor], infer: dict[str, torch.Tensor], epoch: int,
-                     metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """A self-describing checkpoint: inference weights + config + everything an exact resume needs."""
-    data = tr.data
+def build_checkpoint(data: DataConfig, args: argparse.Namespace, model_cfg: dict[str, Any], img_size: list[int],
+                     data_identity: dict[str, Any], infer: dict[str, torch.Tensor], train: dict[str, Any],
+                     state: CheckpointState, epoch: int, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """A self-describing checkpoint: inference weights + config + everything an exact resume needs.
+
+    ``train`` holds the raw weights and the optimizer/scheduler/scaler/EMA states; ``state`` the loop's.
+    """
     return {
         "format": CHECKPOINT_FORMAT,
         "model": infer,  # EMA weights when EMA is on: what val/predict/export use
-        "model_cfg": tr.model_cfg,
+        "model_cfg": model_cfg,
         "nc": data.nc,
         "names": list(data.names),
         "ignore_index": data.ignore_index,
         "palette": [list(c) for c in data.palette] if data.palette else None,
-        "img_size": list(tr.img_size),
-        "data": str(tr.args.data),
-        "dataset": tr.data_identity,  # which files were trained on: --resume refuses another dataset
+        "img_size": list(img_size),
+        "data": str(args.data),
+        "dataset": data_identity,  # which files were trained on: --resume refuses another dataset
         "epoch": epoch + 1,
         "metrics": {k: v for k, v in (metrics or {}).items() if k != "per_class"},
         "finished": False,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "args": plain_args(vars(tr.args)),
-        "train": {
-            "model": raw,
-            "optimizer": tr.optimizer.state_dict(),
-            "scheduler": tr.scheduler.state_dict(),
-            "scaler": tr.scaler.state_dict(),
-            "ema": tr.ema.state_dict() if tr.ema is not None else None,
-            "state": asdict(tr.state),
-        },
+        "args": plain_args(vars(args)),
+        "train": {**train, "state": asdict(state)},
     }
 
 

@@ -368,7 +368,10 @@ class Trainer:
         if not (all_finite(raw) and all_finite(infer)):
             raise UserError(f"weights became non-finite at epoch {epoch + 1}; they were not saved. "
                             f"Lower --lr0 or --grad-clip. {self._last_good()}")
-        return build_checkpoint(self, raw, infer, epoch, metrics)
+        train = {"model": raw, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
+        return build_checkpoint(self.data, self.args, self.model_cfg, self.img_size, self.data_identity, infer,
+                                train, self.state, epoch, metrics)
 
     def _last_good(self) -> str:
         """Where to go on from after a non-finite stop (a plain --resume would repeat the same steps)."""
