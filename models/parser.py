@@ -27,7 +27,6 @@ Every problem with a file is a ``UserError`` of one line: ``<file>: row <i> (<se
 """
 from __future__ import annotations
 
-import ast
 import difflib
 import inspect
 import logging
@@ -41,6 +40,7 @@ from torch import nn
 from models.contract import Backbone, Head
 from models.registry import MODULES
 from utils.errors import UserError
+from utils.yamlio import literal
 
 LOGGER = logging.getLogger(__name__)
 DRY_RUN_SIZE = 64  # side of the probe image: strides up to 64 are measurable
@@ -123,12 +123,7 @@ def _resolve_arg(v: Any, names: dict[str, Any]) -> Any:
         return [_resolve_arg(a, names) for a in v]
     if not isinstance(v, str):
         return v
-    if v in names:
-        return names[v]
-    try:
-        return ast.literal_eval(v)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return v  # a plain word such as 'nearest'
+    return names[v] if v in names else literal(v)
 
 
 def _multipliers(graph: dict[str, Any], scale: str | None, where: str) -> tuple[float, float, float]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import traceback
@@ -14,6 +13,7 @@ import torch
 from models.model import SegmentationModel, build_model
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
+from utils.yamlio import literal
 
 
 def preprocess(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -37,10 +37,7 @@ def parse_kv(text: str | dict[str, Any] | None, flag: str = "--head-args") -> di
         key, sep, value = part.partition("=")
         if not sep or not key.strip().isidentifier():
             raise UserError(f"{flag} '{text}': use key=value pairs separated by commas, e.g. min_stride=2,width=96")
-        try:
-            out[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value.strip()  # a bare word such as nearest
+        out[key.strip()] = literal(value.strip())
     return out
 
 

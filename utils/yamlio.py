@@ -1,6 +1,7 @@
 """YAML reading and writing. Only ``yaml.safe_load``: a tag such as ``!!python/object`` is an error."""
 from __future__ import annotations
 
+import ast
 import os
 from pathlib import Path
 from typing import Any
@@ -34,3 +35,12 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def dump_yaml(data: dict[str, Any]) -> str:
     """YAML text of plain data, keys in insertion order."""
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def literal(text: str) -> Any:
+    """A Python literal ('None', '2', '[1, 2]') as its value; anything else (a bare word such as
+    'nearest', or text too deep to parse) stays the string. Never evaluates code."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
