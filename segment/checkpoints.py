@@ -19,7 +19,7 @@ from utils.errors import UserError
 # them. Any other flag given with --resume must equal the checkpoint's: a different value would
 # silently train another run than the one being resumed.
 RUNTIME_FLAGS = {"device", "workers", "verbose", "resume", "exist_ok", "skip_bad", "cache", "tb_images",
-                 "save_period", "nan_patience", "project", "name"}
+                 "save_period", "nan_patience", "project", "name", "dist_timeout"}
 
 
 class NothingToResume(UserError):
@@ -43,7 +43,10 @@ class CheckpointState:
     nonfinite_steps: int = 0
     nonfinite_epoch: int = 0
     consecutive_nonfinite: int = 0
-    rng: dict[str, Any] = field(default_factory=dict)            # only for a mid-epoch stop
+    rng: dict[str, Any] | list[dict[str, Any]] = field(default_factory=dict)  # mid-epoch stop only (DDP: per rank)
+    speed: dict[str, float] = field(default_factory=lambda: {"images": 0.0, "wait": 0.0, "seconds": 0.0})
+    elapsed: float = 0.0          # seconds the run has used up to this checkpoint (all sessions): --time
+    time_up: bool = False         # the --time budget ended training; only the wrap-up is left
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CheckpointState":

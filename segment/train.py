@@ -42,7 +42,9 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--weights", default="none", help="none | pretrained (ImageNet backbone) | path/to/weights.pt")
     g.add_argument("--aux-weight", type=float, default=0.0, help="auxiliary head loss weight (0 = no aux head)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--epochs", type=int, default=100, help="epochs (with --time: an upper bound)")
+    g.add_argument("--time", type=float, default=None,
+                   help="wall-clock budget in hours for the whole command; the LR schedule runs over it")
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--loss", default="ce", help="loss spec: ce, dice, jaccard, focal, tversky; 'ce+dice' or 'ce:1,dice:0.5'")
     g.add_argument("--class-weights", default=None, help="'auto' (from train pixel frequencies) or comma-separated values")
@@ -55,7 +57,8 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--cos-lr", action="store_true", help="cosine LR decay (default: poly 0.9)")
     g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm (0 = no clipping)")
     g.add_argument("--no-ema", dest="ema", action="store_false", help="validate/save raw weights, not their EMA")
-    g.add_argument("--no-amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
+    g.add_argument("--no-amp", dest="amp", action="store_false",
+                   help="train in fp32 (default: fp16 autocast on CUDA, bf16 on CPUs with native bf16)")
     g.add_argument("--nan-patience", type=int, default=10, help="stop after this many non-finite steps in a row")
     g = p.add_argument_group("run")
     g.add_argument("--project", default="runs/train")
@@ -66,6 +69,10 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--save-period", type=int, default=-1, help="also save weights/epochN.pt every N epochs")
     g.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest run, or the given last.pt")
     g.add_argument("--tb-images", type=int, default=4, help="rows in the TensorBoard prediction grids")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="SyncBatchNorm in multi-GPU (torchrun) runs; CPU/gloo has none")
+    g.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="seconds a torchrun rank waits in a collective for a rank that stopped answering")
     add_common_flags(p)
     if preset:
         unknown = set(preset) - {a.dest for a in p._actions}
@@ -83,8 +90,11 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
 
 def run(preset: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
     """Train with keyword arguments named like the flags (``img_size=[128]``); returns a summary dict."""
+    import time
+
     from segment.trainer import Trainer
 
+    start = time.time()
     parser = build_parser(preset)
     args = parser.parse_args([])
     for k, v in kwargs.items():
@@ -93,11 +103,15 @@ def run(preset: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         setattr(args, k, v)
     if isinstance(args.img_size, int):
         args.img_size = [args.img_size]
-    return Trainer(args, explicit=set(kwargs)).train()
+    return Trainer(args, explicit=set(kwargs), start_time=start).train()
 
 
 def main(argv: list[str] | None = None, preset: dict[str, Any] | None = None) -> dict[str, Any]:
     """Command-line entry point; recipes call it with their preset."""
+
+    import time
+
+    start = time.time()  # --time counts the whole command
 
     def _main(a: list[str] | None) -> dict[str, Any]:
         from segment.trainer import Trainer
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None, preset: dict[str, Any] | None = None) ->
         parser = build_parser(preset, prog=Path(sys.argv[0]).name)
         args = parser.parse_args(argv_)
         setup_runtime()
-        return Trainer(args, explicit=explicit_flags(parser, argv_)).train()
+        return Trainer(args, explicit=explicit_flags(parser, argv_), start_time=start).train()
 
     return cli_entry(_main, argv)
 

@@ -4,12 +4,16 @@ Reads top to bottom: setup (data check, model, data, optimiser, resume), the epo
 validate, log, checkpoint), and the end of a run (plots on best.pt). Checkpoints hold everything an
 exact resume needs; the data order and augmentation are functions of (seed, epoch, index), so a
 resumed run repeats exactly the batches of an uninterrupted one.
+
+Under torchrun every rank runs this same code. Whatever ends or skips a step (a signal, a non-finite
+loss, the --time budget, early stopping, a NaN abort) is agreed on by all ranks in one small
+all-reduce per step, so no rank is ever left waiting in a collective the others have left. Only rank 0
+writes files.
 """
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
 import sys
 import time
@@ -17,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -34,27 +37,16 @@ from utils.dataset_check import preflight
 from utils.datasets import SegDataset, build_loader, class_weights_from_counts
 from utils.errors import UserError
 from utils.files import check_run_name, run_dir
+from utils import distributed as ddp
 from utils.losses import SegLoss
-from utils.torch_utils import ModelEMA, count_params, gflops, seed_everything, select_device, unwrap
+from utils.schedule import ProgressFactor, TimeBudget, lr_lambda
+from utils.torch_utils import ModelEMA, autocast_dtype, count_params, gflops, seed_everything, select_device, unwrap
 
 
 class TrainingInterrupted(UserError):
     """SIGINT/SIGTERM: the run stopped after a finished step and saved a resumable last.pt."""
 
     prefix = ""  # a requested stop, not an error: printed as is
-
-
-def lr_lambda(total_iters: int, warmup_iters: int, lrf: float, cos: bool) -> Callable[[int], float]:
-    """LR factor per iteration: linear warm-up from 0.1, then cosine or poly(0.9) decay to ``lrf``."""
-
-    def f(it: int) -> float:
-        if it < warmup_iters:
-            return 0.1 + 0.9 * it / warmup_iters
-        p = min((it - warmup_iters) / max(total_iters - warmup_iters, 1), 1.0)
-        decay = 0.5 * (1 + math.cos(math.pi * p)) if cos else (1 - p) ** 0.9
-        return lrf + (1 - lrf) * decay
-
-    return f
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -74,10 +66,12 @@ def build_optimizer(model: nn.Module, name: str, lr: float, momentum: float, wei
 class Trainer:
     """Set up from resolved arguments (see segment/train.py for every flag), then ``train()``."""
 
-    def __init__(self, args: argparse.Namespace, explicit: set[str] | None = None) -> None:
+    def __init__(self, args: argparse.Namespace, explicit: set[str] | None = None,
+                 start_time: float | None = None) -> None:
         self.args = args
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        # the --time budget counts the whole command, from the entry point on (data check included)
+        self.start_time = time.time() if start_time is None else start_time
+        self.rank, self.local_rank, self.world_size = ddp.env_world()
         self.main = self.rank == 0
         self.stop_signal: int | None = None
         self.resume_ckpt: dict[str, Any] | None = None
@@ -95,19 +89,32 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         a = self.args
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() and a.device != "cpu" else "gloo")
+        if a.time is not None and not (math.isfinite(a.time) and a.time > 0):
+            raise UserError(f"--time {a.time}: give the budget in hours, a number > 0 (e.g. --time 0.25)")
+        ids = [d for d in str(a.device).replace("cuda:", "").split(",") if d.strip()]
+        if self.world_size == 1 and len(ids) > 1:
+            raise UserError(f"--device {a.device}: several GPUs train with one process each; launch with "
+                            f"torchrun --nproc-per-node {len(ids)} segment/train.py ... --device {a.device}")
         self.device = select_device(a.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        seed_everything(a.seed + self.rank, a.deterministic)
+        if self.world_size > 1:
+            ddp.init(self.device, a.dist_timeout)
+        # the same seed on every rank: identical initial weights; per-rank streams start at each epoch
+        seed_everything(a.seed, a.deterministic)
         if self.resume_ckpt is None:
             check_run_name(a.project, a.name)  # refuse a bad --name before the (possibly long) data check
         # --weights is read (safely) before anything is written: a refused file leaves no run folder
         self.init_state = self._read_initial_weights()
+        # Rank 0 prepares the data first (it may generate shapes and writes the check's cache); the
+        # other ranks then find both ready instead of racing to write them.
+        if not self.main:
+            ddp.barrier()
         self.data = load_data_config(a.data)
         # The dataset check runs before anything is written: a bad dataset leaves no run folder behind.
         reports = preflight(self.data, ["train", "val"], skip_bad=a.skip_bad, workers=max(a.workers, 1), log=self.log)
+        if self.main:
+            ddp.barrier()
         self.data_identity = {s: dataset_identity(r.items, self.data.root) for s, r in reports.items()}
         if self.resume_ckpt is not None:
             check_same_dataset(self.resume_ckpt, self.data_identity, a.resume)
@@ -116,7 +123,9 @@ class Trainer:
         if self.resume_ckpt is not None:
             self.save_dir = Path(a.save_dir)
         else:
-            self.save_dir = run_dir(a.project, a.name, a.exist_ok, mkdir=self.main)
+            # rank 0 picks (and makes) the folder; exp2, exp3 ... must not be decided twice
+            name = str(run_dir(a.project, a.name, a.exist_ok, mkdir=True)) if self.main else None
+            self.save_dir = Path(ddp.gather(name)[0])
             a.save_dir = str(self.save_dir)
         self.wdir = self.save_dir / "weights"
 
@@ -147,16 +156,29 @@ class Trainer:
         wd = a.weight_decay if a.weight_decay is not None else (5e-4 if a.optimizer == "sgd" else 0.01)
         self.optimizer = build_optimizer(self.model, a.optimizer, lr0, a.momentum, wd)
         ipe = len(self.train_loader)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(a.epochs * ipe, round(a.warmup_epochs * ipe), a.lrf, a.cos_lr))
-        self.amp = bool(a.amp) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        if a.time:
+            # progress is the share of the time budget used; warm-up takes warmup_epochs/epochs of it
+            self.lr_progress: ProgressFactor | None = ProgressFactor(min(a.warmup_epochs / a.epochs, 1.0), a.lrf, a.cos_lr)
+            factor: Callable[[int], float] = self.lr_progress
+        else:
+            self.lr_progress = None
+            factor = lr_lambda(a.epochs * ipe, round(a.warmup_epochs * ipe), a.lrf, a.cos_lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.amp_dtype, amp_msg = autocast_dtype(self.device, a.amp)
+        self.log(amp_msg)
+        self.amp = self.amp_dtype is not None
+        # bf16 has fp32's exponent range: only fp16 needs loss scaling
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(self.model) if a.ema else None
         self.state = CheckpointState()
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
+        self._elapsed_before = self.state.elapsed
+        self.budget = TimeBudget(a.time, self.start_time, self.state.elapsed) if a.time else None
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
+            if self.device.type == "cuda" and a.sync_bn:  # CPU (gloo) has no SyncBatchNorm
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.logger = RunLogger(self.save_dir, self.data, enabled=self.main,
                                 resume_epoch=self.state.next_epoch if self.resume_ckpt is not None else None)
@@ -213,6 +235,8 @@ class Trainer:
         self.scheduler.load_state_dict(t["scheduler"])
         self.scaler.load_state_dict(t["scaler"])
         self.state = CheckpointState.from_dict(t["state"])
+        if isinstance(self.state.rng, list):  # a DDP run stopped mid-epoch keeps every rank's RNG
+            self.state.rng = self.state.rng[self.rank] if self.rank < len(self.state.rng) else {}
         self.log(f"Resuming {self.save_dir} at epoch {self.state.next_epoch + 1}"
                  + (f", step {self.state.next_step}" if self.state.next_step else ""))
 
@@ -220,24 +244,35 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Train to the last epoch (or early stop / signal); returns a summary dict."""
         a, st = self.args, self.state
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if self.main else {}
+        # every rank catches the stop signals (torchrun forwards them); the step's all-reduce shares them
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         t_start = time.time()
         try:
+            # a run that already stopped (early stop, budget spent) and was killed in its wrap-up only finishes
+            done = st.stopped_early or st.time_up
             for epoch in range(st.next_epoch, a.epochs):
+                if done:
+                    break
                 self._train_epoch(epoch)
                 self._end_epoch(epoch)
-                if st.stopped_early:
+                if st.stopped_early or st.time_up:
                     break
-                if self.stop_signal is not None and epoch + 1 < a.epochs:  # arrived during validation/saving
+                signalled = ddp.agree([float(self.stop_signal is not None)], self.device)[0]
+                if signalled and epoch + 1 < a.epochs:  # arrived during validation/saving
                     self._interrupt(epoch + 1, 0)
+        except BaseException:
+            ddp.shutdown()
+            raise
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
         self.logger.close()
         summary = self._finish(time.time() - t_start)
-        if self.world_size > 1:
-            dist.destroy_process_group()
+        ddp.shutdown()
         return summary
+
+    def _time_up(self) -> bool:
+        return self.budget is not None and self.budget.up()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_signal is not None:  # a second signal: stop now, last.pt stays as it was
@@ -257,17 +292,25 @@ class Trainer:
             # independent of whatever ran before it (validation, plotting, a resume).
             torch.manual_seed(a.seed + self.rank + 1_000_003 * (epoch + 1))
             st.sums, st.nonfinite_epoch = {}, 0
+            st.speed = {"images": 0.0, "wait": 0.0, "seconds": 0.0}
         model.train()
         pbar = tqdm(enumerate(loader, start), total=start + len(loader), desc=f"{epoch + 1}/{a.epochs}",
                     disable=not self.main, file=sys.stdout, leave=True)
+        t_prev = time.perf_counter()
         for step, (images, masks, _) in pbar:
+            t_data = time.perf_counter()
             x, y = preprocess(images, self.device), masks.to(self.device, non_blocking=True)
             # BatchNorm updates its running stats in the forward pass; a skipped step must undo that too
             buffers = [b.detach().clone() for b in model.buffers()]
-            with torch.autocast(self.device.type, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                 outputs = model(x)
             loss, parts = self.loss_fn(outputs, y)
-            if self._step(loss):
+            # One all-reduce per step decides for all ranks: skip (a non-finite loss anywhere), stop
+            # (a signal anywhere), and the schedule's progress (rank 0's clock, so every rank sets the same LR).
+            progress = self.budget.progress() if self.budget is not None and self.main else 0.0
+            nonfinite, signalled, progress = ddp.agree(
+                [float(not torch.isfinite(loss)), float(self.stop_signal is not None), progress], self.device)
+            if self._step(loss, skip=bool(nonfinite)):
                 st.consecutive_nonfinite = 0
                 for k, v in {"loss": loss, **parts}.items():
                     st.sums[k] = st.sums.get(k, 0.0) + float(v.detach())
@@ -286,18 +329,34 @@ class Trainer:
                                     f"non-finite loss or gradient (epoch {epoch + 1}, step {step + 1}; "
                                     f"--nan-patience {a.nan_patience}). Lower --lr0, check the data, or try "
                                     f"--loss ce. {self._last_good()}")
+            if self.lr_progress is not None:
+                self.lr_progress.progress = progress
             self.scheduler.step()
+            t_now = time.perf_counter()
+            sp = st.speed
+            sp["images"] += len(images)
+            sp["wait"] += t_data - t_prev
+            sp["seconds"] += t_now - t_prev
+            t_prev = t_now
             n = max(st.sums.get("n", 0.0), 1.0)
             pbar.set_postfix(loss=f"{st.sums.get('loss', float('nan')) / n:.4f}",
-                             lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
-            if self.stop_signal is not None:
+                             lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                             img_s=f"{sp['images'] / max(sp['seconds'], 1e-9):.1f}",
+                             data=f"{100 * sp['wait'] / max(sp['seconds'], 1e-9):.0f}%")
+            if signalled:
                 pbar.close()
                 self._interrupt(epoch, step + 1)
+            if progress >= 1.0:  # the budget is spent: this partial epoch is validated and the run ends
+                pbar.close()
+                st.time_up = True
+                self.log(f"Time budget of {a.time:g} h reached at epoch {epoch + 1} step {step + 1}")
+                return
 
-    def _step(self, loss: torch.Tensor) -> bool:
-        """Backward + optimiser step; False (and no update) when the loss or gradients are not finite."""
+    def _step(self, loss: torch.Tensor, skip: bool) -> bool:
+        """Backward + optimiser step; False (and no update) when the loss (on any rank) or the gradients
+        are not finite."""
         opt = self.optimizer
-        if not torch.isfinite(loss):
+        if skip:
             opt.zero_grad(set_to_none=True)
             return False
         self.scaler.scale(loss).backward()
@@ -305,7 +364,8 @@ class Trainer:
         # the norm is needed for the finiteness check even when clipping is off (--grad-clip 0)
         max_norm = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
         gnorm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if not torch.isfinite(gnorm) and not self.amp:  # with AMP the scaler skips and rescales by itself
+        # all-reduced gradients: every rank sees the same norm and takes the same decision
+        if not torch.isfinite(gnorm) and not self.scaler.is_enabled():  # the fp16 scaler skips by itself
             opt.zero_grad(set_to_none=True)
             return False
         self.scaler.step(opt)
@@ -320,13 +380,21 @@ class Trainer:
 
     def _end_epoch(self, epoch: int) -> None:
         a, st = self.args, self.state
+        t0 = time.perf_counter()
+        ddp.broadcast_module(self._eval_model())  # every rank scores rank 0's weights, the ones saved
         res = evaluate(self._eval_model(), self.val_loader, self.data, self.device, self.loss_fn, self.amp,
                        keep_examples=a.tb_images if self.main else 0, progress=self.main)
-        n = max(st.sums.get("n", 0.0), 1.0)
+        sums = ddp.sum_dict(st.sums, self.device)  # the losses of every rank's shard
+        speed = ddp.sum_dict(st.speed, self.device)
+        n = max(sums.get("n", 0.0), 1.0)
         row: dict[str, float] = {"epoch": epoch + 1}
-        row.update({f"train/{k}": v / n for k, v in st.sums.items() if k != "n"})
+        row.update({f"train/{k}": v / n for k, v in sums.items() if k != "n"})
         row["train/skipped_steps"] = st.nonfinite_epoch
         row["lr"] = self.optimizer.param_groups[0]["lr"]
+        # images/s of the whole job (ranks run side by side); data wait as a share of step time
+        secs = speed["seconds"] / self.world_size
+        row["train/img_per_s"] = speed["images"] / secs if secs > 0 else float("nan")
+        row["train/data_wait"] = speed["wait"] / speed["seconds"] if speed["seconds"] > 0 else float("nan")
         row.update({"val/loss": res.loss, "val/mIoU": res.metrics["mIoU"], "val/pixel_acc": res.metrics["pixel_acc"],
                     "val/mean_acc": res.metrics["mean_acc"], "val/mDice": res.metrics["mDice"]})
         st.rows.append(row)
@@ -337,11 +405,19 @@ class Trainer:
         st.next_epoch, st.next_step, st.rng = epoch + 1, 0, {}  # an epoch start reseeds: no RNG state to keep
         patience_hit = a.patience > 0 and epoch + 1 - st.best_epoch >= a.patience
         st.stopped_early = patience_hit and epoch + 1 < a.epochs
+        if self.budget is not None and not st.time_up and epoch + 1 < a.epochs:
+            # decided before saving, so a kill during the wrap-up resumes into the wrap-up only
+            st.time_up = bool(ddp.agree([float(self.budget.up())], self.device)[0])
+            if st.time_up:
+                self.log(f"Time budget of {a.time:g} h reached after epoch {epoch + 1}")
         if self.main:
             self.logger.log_epoch(st.rows, res, self._train_grid_batch(epoch))
             self.log(f"epoch {epoch + 1}/{a.epochs}: loss {row.get('train/loss', float('nan')):.4f}  "
-                     f"val mIoU {fitness:.4f}  best {st.best_fitness:.4f} (epoch {st.best_epoch})")
+                     f"val mIoU {fitness:.4f}  best {st.best_fitness:.4f} (epoch {st.best_epoch})  "
+                     f"{row['train/img_per_s']:.1f} img/s, data wait {100 * row['train/data_wait']:.0f}%")
             self._save(epoch, best=improved, metrics=res.metrics)
+        if self.budget is not None:
+            self.budget.note_epoch_end(time.perf_counter() - t0)
         if st.stopped_early:
             self.log(f"Early stop: no val mIoU improvement for {a.patience} epochs (best {st.best_fitness:.4f} "
                      f"at epoch {st.best_epoch})")
@@ -368,10 +444,17 @@ class Trainer:
         if not (all_finite(raw) and all_finite(infer)):
             raise UserError(f"weights became non-finite at epoch {epoch + 1}; they were not saved. "
                             f"Lower --lr0 or --grad-clip. {self._last_good()}")
+        self.state.elapsed = self._elapsed()
         train = {"model": raw, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
         return build_checkpoint(self.data, self.args, self.model_cfg, self.img_size, self.data_identity, infer,
                                 train, self.state, epoch, metrics)
+
+    def _elapsed(self) -> float:
+        """Seconds this run has used so far, over all its sessions (what --time counts)."""
+        if self.budget is not None:
+            return self.budget.used()
+        return self._elapsed_before + time.time() - self.start_time
 
     def _last_good(self) -> str:
         """Where to go on from after a non-finite stop (a plain --resume would repeat the same steps)."""
@@ -397,7 +480,13 @@ class Trainer:
         st = self.state
         name = signal.Signals(self.stop_signal).name if self.stop_signal else "signal"
         if next_step > 0:  # at an epoch boundary the epoch-end last.pt is already the right one
-            st.next_epoch, st.next_step, st.rng = epoch, next_step, rng_state()
+            st.next_epoch, st.next_step = epoch, next_step
+            # one RNG state per rank; the shards' running sums are stored as their mean, so that the
+            # W ranks of the resumed run add back up to the whole job's sums at the epoch end
+            rngs = ddp.gather(rng_state())
+            st.rng = rngs if self.world_size > 1 else rngs[0]
+            st.sums = {k: v / self.world_size for k, v in ddp.sum_dict(st.sums, self.device).items()}
+            st.speed = {k: v / self.world_size for k, v in ddp.sum_dict(st.speed, self.device).items()}
             if self.main:
                 save_checkpoint(self._checkpoint(epoch, None), self.wdir / "last.pt")
         if self.main:
@@ -412,21 +501,29 @@ class Trainer:
     def _finish(self, seconds: float) -> dict[str, Any]:
         st = self.state
         summary = {"save_dir": str(self.save_dir), "best_fitness": st.best_fitness, "best_epoch": st.best_epoch,
-                   "epochs_run": st.next_epoch, "hours": seconds / 3600}
-        if not self.main:
-            return summary
+                   "epochs_run": st.next_epoch, "hours": seconds / 3600, "time_up": st.time_up}
         best = self.wdir / "best.pt"
-        if best.is_file():
-            model, _ = load_model(best, self.device)  # exactly what val.py will load
+        # Every rank takes part in the final validation (its metrics are all-reduced). Rank 0 reads
+        # best.pt, exactly what val.py will load, and hands the weights to the others: no rank but 0
+        # needs to see the run folder (nodes need not share a file system).
+        if ddp.agree([float(self.main and best.is_file())], self.device)[0]:
+            if self.main:
+                model, _ = load_model(best, self.device)
+            else:
+                model = build_model(self.model_cfg).to(self.device, memory_format=torch.channels_last).eval()
+            ddp.broadcast_module(model)
             res: EvalResult = evaluate(model, self.val_loader, self.data, self.device, amp=self.amp,
-                                       keep_examples=8, desc="best.pt val")
+                                       keep_examples=8 if self.main else 0, desc="best.pt val", progress=self.main)
             self.logger.final_plots(st.rows, res)
             summary["best_metrics"] = res.metrics
+        if not self.main:
+            return summary
         # marked only now, so a run killed during the wrap-up resumes into it and still gets its plots
         last = load_checkpoint(self.wdir / "last.pt")
         last["finished"] = True
         save_checkpoint(last, self.wdir / "last.pt")
-        self.log(f"{st.next_epoch} epochs in {seconds / 60:.1f} min; best val mIoU {st.best_fitness:.4f} "
+        why = f" (time budget {self.args.time:g} h)" if st.time_up else ""
+        self.log(f"{st.next_epoch} epochs in {seconds / 60:.1f} min{why}; best val mIoU {st.best_fitness:.4f} "
                  f"(epoch {st.best_epoch})")
         self.log(f"Results saved to {self.save_dir}\n  weights: {best}\n  validate: python segment/val.py "
                  f"--weights {best} --data {self.args.data}\n  TensorBoard: tensorboard --logdir {self.save_dir.parent}")

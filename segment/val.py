@@ -27,6 +27,7 @@ from segment.common import add_common_flags, cli_entry, load_model, parse_img_si
 from utils.augment import val_transform
 from utils.dataconfig import DataConfig, load_data_config
 from utils.dataset_check import preflight
+from utils.distributed import sum_dict
 from utils.datasets import SegDataset, build_loader
 from utils.errors import UserError
 from utils.files import atomic_write_text, run_dir
@@ -91,6 +92,9 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, data: DataCo
         t_pre, t_inf, t_post = t_pre + t1 - t0, t_inf + t2 - t1, t_post + t3 - t2
         n_img += len(masks)
     cm.all_reduce()
+    if loss_fn is not None:  # the validation loss of every rank's shard
+        tot = sum_dict({"sum": loss_sum, "n": float(loss_n)}, device)
+        loss_sum, loss_n = tot["sum"], int(tot["n"])
     model.train(was_training)
     per = 1000.0 / max(n_img, 1)
     return EvalResult(cm.compute(data.names), cm.mat.cpu(), loss_sum / loss_n if loss_n else float("nan"), n_img,
