@@ -65,11 +65,14 @@ def run_cli(script: Path, args: list[str], cwd: Path, timeout: float = 300) -> s
 class Training:
     """train.py in its own process group, output to a log file that the test polls."""
 
-    def __init__(self, args: list[str], cwd: Path, log: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, log: Path, nproc: int = 1) -> None:
         self.log = log
         self._f = open(log, "wb")
-        self.proc = subprocess.Popen([sys.executable, str(TRAIN), *args], cwd=cwd, env=env(), stdout=self._f,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        # nproc > 1: the same script under torchrun (gloo on CPU), as a user launches DDP
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+        cmd = [*(launcher if nproc > 1 else [sys.executable]), str(TRAIN), *args]
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=self._f, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -158,4 +161,24 @@ def checkpoint_diff(a: Path, b: Path) -> list[str]:
     for c in (ca, cb):
         c.pop("date", None)
         c.pop("args", None)
+        state = c.get("train", {}).get("state", {})
+        for k in ("elapsed", "speed"):  # wall-clock measurements, not part of the outcome
+            state.pop(k, None)
+        state["rows"] = [without_timing(r) for r in state.get("rows", [])]
     return diff_values(ca, cb)
+
+
+TIMING_COLUMNS = ("train/img_per_s", "train/data_wait")
+
+
+def without_timing(row: dict[str, Any]) -> dict[str, Any]:
+    """A results row without its throughput columns (they measure the machine, not the run)."""
+    return {k: v for k, v in row.items() if k not in TIMING_COLUMNS}
+
+
+def results_without_timing(path: Path) -> list[dict[str, str]]:
+    """results.csv as rows, throughput columns dropped: what two equal runs must share exactly."""
+    import csv
+
+    with open(path, newline="") as f:
+        return [without_timing(r) for r in csv.DictReader(f)]
