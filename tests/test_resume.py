@@ -24,7 +24,8 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    """A tiny dataset and one uninterrupted 2-epoch run on it (workers 0): what every resume must equal."""
+    """A tiny dataset and one uninterrupted 2-epoch run on it (workers 0): what every resume must equal.
+    Mixed precision is at its default: bf16 autocast on a CPU with native bf16 (as here), else fp32."""
     tmp = tmp_path_factory.mktemp("resume")
     mp = pytest.MonkeyPatch()
     mp.setenv("SEG_CACHE_DIR", str(tmp / "cache"))
@@ -34,6 +35,15 @@ def reference(tmp_path_factory):
             s = train.run(data=str(data), project=str(tmp / "runs"), name="ref", workers=0, **TINY)
     finally:
         mp.undo()
+    return data, Path(s["save_dir"])
+
+
+@pytest.fixture(scope="module")
+def reference_fp32(reference):
+    """The same uninterrupted run with --no-amp."""
+    data, ref = reference
+    with one_thread():
+        s = train.run(data=str(data), project=str(ref.parent), name="ref_fp32", workers=0, amp=False, **TINY)
     return data, Path(s["save_dir"])
 
 
@@ -56,16 +66,17 @@ def assert_same_as_reference(run: Path, ref: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 2])
-def test_killed_and_resumed_run_is_bit_identical(reference, tmp_path, workers):
+@pytest.mark.parametrize("workers, amp", [(0, True), (2, True), (0, False)])
+def test_killed_and_resumed_run_is_bit_identical(request, tmp_path, workers, amp):
     """Each run is stopped twice and resumed from the CLI; the final last.pt, best.pt, results.csv and
     TensorBoard scalars equal those of the uninterrupted run, bit for bit.
 
     workers 0: SIGKILL right after epoch 1's last.pt is committed, then SIGKILL mid-epoch 2.
     workers 2: SIGTERM to the whole process group mid-epoch 1 (as a scheduler or `kill -TERM -pgid`
     does; the step finishes, last.pt is saved mid-epoch, exit 143), then SIGKILL mid-epoch 2.
+    amp: bf16 autocast (the default on this CPU) or --no-amp.
     """
-    data, ref = reference
+    data, ref = request.getfixturevalue("reference" if amp else "reference_fp32")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     project = tmp_path / "runs"
@@ -73,7 +84,8 @@ def test_killed_and_resumed_run_is_bit_identical(reference, tmp_path, workers):
     last = project / "exp" / "weights" / "last.pt"
     logs = iter(tmp_path / f"log{i}.txt" for i in range(10))
 
-    run = Training(flags(data=data, project=project, workers=workers, **TINY), cwd, next(logs))
+    run = Training(flags(data=data, project=project, workers=workers, no_amp=not amp, **TINY), cwd,
+                   next(logs))
     if workers == 0:
         run.wait_for_replace(last)
         run.kill()

@@ -1,0 +1,118 @@
+"""--time (a wall-clock budget that the LR schedule runs over, kept across resumes) and mixed precision
+(bf16 autocast on CPUs with native bf16, fp32 elsewhere or with --no-amp)."""
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+
+from segment import train
+from tests.faults import TINY, Training, flags, one_thread
+from utils import torch_utils
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.schedule import TimeBudget, lr_factor, lr_lambda
+
+
+@pytest.mark.parametrize("p, cos, expect", [
+    (0.0, False, 0.1), (0.05, False, 0.1 + 0.9 * 0.5), (0.1, True, 1.0),
+    (0.55, True, 0.01 + 0.99 * 0.5), (1.0, True, 0.01), (1.0, False, 0.01), (2.0, False, 0.01),
+    (0.55, False, 0.01 + 0.99 * 0.5 ** 0.9),
+])
+def test_lr_factor_by_hand(p, cos, expect):
+    """warm-up 10% from 0.1, then cosine / poly(0.9) to lrf = 0.01 at p = 1, clamped after."""
+    assert lr_factor(p, 0.1, 0.01, cos) == pytest.approx(expect, abs=1e-12)
+
+
+def test_iteration_schedule_is_the_progress_schedule():
+    f = lr_lambda(100, 10, 0.01, True)
+    assert [f(i) for i in (0, 5, 10, 55, 100)] == [lr_factor(i / 100, 0.1, 0.01, True) for i in (0, 5, 10, 55, 100)]
+
+
+def test_time_budget_reserves_the_wrap_up(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    b = TimeBudget(0.01, start=1000.0, used_before=6.0)  # 36 s, 6 s spent by an earlier session
+    assert b.used() == 6.0 and b.progress() == pytest.approx(6 / 36)
+    b.note_epoch_end(3.0)  # validation + save took 3 s: 2 * 3 + 2 s stay free for the end
+    now[0] += 21.5
+    assert b.training_seconds() == 28.0 and not b.up() and b.progress() == pytest.approx(27.5 / 28)
+    now[0] += 0.5
+    assert b.used() == 28.0 and b.up() and b.progress() == 1.0
+
+
+def test_time_budget_stops_and_finishes_normally(tiny_data, tmp_path):
+    """A 15 s budget for up to 100 epochs: stops at the budget, validates, writes best.pt and the plots,
+    and the last LR is the schedule's final value lr0 * lrf."""
+    budget = 15.0 / 3600
+    t0 = time.time()
+    with one_thread():
+        s = train.run(data=str(tiny_data), project=str(tmp_path / "runs"), workers=0, lr0=1e-3, lrf=0.05,
+                      **{**TINY, "epochs": 100, "time": budget})
+    wall = time.time() - t0
+    run = tmp_path / "runs" / "exp"
+    assert s["time_up"] and s["epochs_run"] < 100
+    for f in ("weights/best.pt", "weights/last.pt", "results.png", "confusion_matrix.png", "results.csv"):
+        assert (run / f).is_file(), f
+    last = load_checkpoint(run / "weights" / "last.pt")
+    st = last["train"]["state"]
+    assert last["finished"] and st["time_up"]
+    assert st["rows"][-1]["lr"] == pytest.approx(1e-3 * 0.05, rel=1e-9)
+    assert st["elapsed"] >= 15.0 - (2 * 30 + 2)  # stopped no earlier than the budget minus the reserve
+    # the whole call stays within the budget plus the end-of-run work (validation, save, plots), with slack
+    assert wall < 15.0 + 60, wall
+
+
+def test_resumed_time_run_keeps_the_remaining_budget(tiny_data, tmp_path):
+    """Killed after epoch 1 of a 120 s budget; the checkpoint is made to say 118 s were already used.
+    The resumed run must stop almost at once (a step or two), not train its remaining epochs."""
+    project = tmp_path / "runs"
+    last = project / "exp" / "weights" / "last.pt"
+    args = flags(data=tiny_data, project=project, workers=0, **{**TINY, "epochs": 20, "time": 120 / 3600})
+    run = Training(args, tmp_path, tmp_path / "log1.txt")
+    run.wait_for_replace(last)
+    run.kill()
+    ckpt = load_checkpoint(last)
+    assert ckpt["train"]["state"]["next_epoch"] == 1 and ckpt["train"]["state"]["elapsed"] > 0
+    ckpt["train"]["state"]["elapsed"] = 118.0
+    save_checkpoint(ckpt, last)
+    run = Training(["--resume", str(last)], tmp_path, tmp_path / "log2.txt")
+    assert run.wait() == 0, run.output()[-3000:]
+    out = run.output()
+    assert "Time budget of 0.0333333 h reached at epoch 2 step" in out, out[-2000:]
+    st = load_checkpoint(last)["train"]["state"]
+    assert st["next_epoch"] == 2 and st["time_up"] and st["elapsed"] >= 118.0
+
+
+def test_autocast_choice(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
+    assert torch_utils.autocast_dtype(cpu, True)[0] is torch.bfloat16
+    assert torch_utils.autocast_dtype(cpu, False) == (None, "Mixed precision off (--no-amp): training in fp32")
+    monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: False)
+    dtype, msg = torch_utils.autocast_dtype(cpu, True)
+    assert dtype is None and "no native bf16" in msg
+    assert torch_utils.autocast_dtype(torch.device("cuda"), True)[0] is torch.float16
+
+
+@pytest.mark.parametrize("amp", [True, False])
+def test_training_precision_follows_the_flag(tiny_data, tmp_path, monkeypatch, amp):
+    """With amp on a bf16 CPU the forward runs in bf16 (the logits come out bf16), with --no-amp in fp32;
+    validation always scores in fp32 on CPU."""
+    from segment.trainer import Trainer
+
+    monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
+    seen = []
+    with one_thread():
+        args = train.build_parser().parse_args([])
+        for k, v in {**TINY, "epochs": 1, "data": str(tiny_data), "project": str(tmp_path / "runs"),
+                     "workers": 0, "amp": amp}.items():
+            setattr(args, k, v)
+        t = Trainer(args)
+        t.model.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+        t.train()
+    train_dtypes = {d for training, d in seen if training}
+    assert train_dtypes == ({torch.bfloat16} if amp else {torch.float32})
+    assert t.scaler.is_enabled() is False  # bf16 needs no loss scaling
+    assert math.isfinite(t.state.best_fitness)
