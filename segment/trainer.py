@@ -25,10 +25,12 @@ from models.model import build_model, describe, model_config
 from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_dataset, dataset_identity,
                                  find_resume_checkpoint, resume_args)
 from segment.common import load_model, parse_img_size, parse_kv, preprocess
-from segment.runlog import RunLogger
+from segment.config import parse_class_weights, validate_args
+from segment.runlog import RunLogger, optional_output
 from segment.val import EvalResult, eval_loader, evaluate
 from utils.augment import AugmentConfig, train_transform
-from utils.checkpoint import all_finite, load_checkpoint, load_matching, save_checkpoint, set_rng_state, state_dict_of
+from utils.checkpoint import (all_finite, load_checkpoint, load_matching, save_checkpoint, set_rng_state, state_dict_of,
+                              torchvision_keys)
 from utils.dataconfig import load_data_config
 from utils.dataset_check import preflight
 from utils.datasets import SegDataset, build_loader, class_weights_from_counts
@@ -81,11 +83,13 @@ class Trainer:
         self.main = self.rank == 0
         self.stop_signal: int | None = None
         self.resume_ckpt: dict[str, Any] | None = None
+        validate_args(args, resuming=bool(args.resume))  # the whole configuration, before anything is read or built
         if args.resume:
             name = args.name if "name" in (explicit or set()) else None  # --resume --name exp: that run
             path = find_resume_checkpoint(args.resume, args.project, name)
             self.resume_ckpt = load_checkpoint(path)
             self.args = args = resume_args(self.resume_ckpt, path, args, explicit or set())
+            validate_args(args, resuming=True)
         self.setup()
 
     def log(self, msg: str) -> None:
@@ -113,12 +117,6 @@ class Trainer:
             check_same_dataset(self.resume_ckpt, self.data_identity, a.resume)
         self.img_size = parse_img_size(a.img_size)
         a.img_size = list(self.img_size)
-        if self.resume_ckpt is not None:
-            self.save_dir = Path(a.save_dir)
-        else:
-            self.save_dir = run_dir(a.project, a.name, a.exist_ok, mkdir=self.main)
-            a.save_dir = str(self.save_dir)
-        self.wdir = self.save_dir / "weights"
 
         self.model_cfg = model_config(self.data.nc, a.backbone, a.head, a.cfg, a.scale, aux=a.aux_weight > 0,
                                       head_args=parse_kv(a.head_args))
@@ -153,6 +151,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.ema = ModelEMA(self.model) if a.ema else None
         self.state = CheckpointState()
+        # The run folder comes last: every refusal above (model, weights, loss, data) leaves nothing behind.
+        if self.resume_ckpt is not None:
+            self.save_dir = Path(a.save_dir)
+        else:
+            self.save_dir = run_dir(a.project, a.name, a.exist_ok, mkdir=self.main)
+            a.save_dir = str(self.save_dir)
+        self.wdir = self.save_dir / "weights"
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
         if self.world_size > 1:
@@ -183,9 +188,20 @@ class Trainer:
             self.model.backbone.load_pretrained()
             self.log("Loaded ImageNet weights into the backbone")
             return
-        matched, total = load_matching(self.model, self.init_state or {})
+        state, how = self.init_state or {}, "matching name and shape"
+        matched, total = load_matching(self.model, state)
+        if matched == 0:  # a plain torchvision state dict (resnet18-xxxx.pth): map its names to the backbone's
+            mapped = torchvision_keys(self.model, state)
+            if mapped:
+                matched, total = load_matching(self.model, mapped)
+                how = "torchvision names mapped to the backbone"
         self.init_state = None  # only needed once
-        self.log(f"Transferred {matched}/{total} tensors from {w} (matching name and shape)")
+        if matched == 0:
+            sample = ", ".join(list(state)[:3])
+            raise UserError(f"--weights {w}: no tensor matches {describe(self.model_cfg)} by name and shape "
+                            f"(the file has {len(state)} tensors, e.g. {sample}); give weights of the same model, "
+                            f"--weights pretrained for ImageNet weights, or --weights none")
+        self.log(f"Transferred {matched}/{total} tensors from {w} ({how})")
 
     def _class_weights(self, counts: list[int]) -> list[float] | None:
         cw = self.args.class_weights
@@ -195,13 +211,7 @@ class Trainer:
             w = class_weights_from_counts(counts)
             self.log("Class weights (auto): " + ", ".join(f"{n} {v:.2f}" for n, v in zip(self.data.names, w)))
             return w
-        try:
-            w = [float(v) for v in str(cw).replace(" ", "").split(",")]
-        except ValueError:
-            raise UserError(f"--class-weights {cw}: use 'auto' or {self.data.nc} comma-separated numbers") from None
-        if len(w) != self.data.nc:
-            raise UserError(f"--class-weights: {len(w)} values for {self.data.nc} classes")
-        return w
+        return parse_class_weights(cw, self.data.nc)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         t = ckpt["train"]
@@ -223,7 +233,8 @@ class Trainer:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if self.main else {}
         t_start = time.time()
         try:
-            for epoch in range(st.next_epoch, a.epochs):
+            # a run that stopped early (and was killed in its wrap-up) trains no further epochs
+            for epoch in range(st.next_epoch, st.next_epoch if st.stopped_early else a.epochs):
                 self._train_epoch(epoch)
                 self._end_epoch(epoch)
                 if st.stopped_early:
@@ -338,7 +349,9 @@ class Trainer:
         patience_hit = a.patience > 0 and epoch + 1 - st.best_epoch >= a.patience
         st.stopped_early = patience_hit and epoch + 1 < a.epochs
         if self.main:
-            self.logger.log_epoch(st.rows, res, self._train_grid_batch(epoch))
+            # optional outputs: a failure is a warning, never the loss of the epoch just trained
+            optional_output("TensorBoard/results.csv", lambda: self.logger.log_epoch(st.rows, res, self._train_grid_batch(epoch)),
+                            self.log)
             self.log(f"epoch {epoch + 1}/{a.epochs}: loss {row.get('train/loss', float('nan')):.4f}  "
                      f"val mIoU {fitness:.4f}  best {st.best_fitness:.4f} (epoch {st.best_epoch})")
             self._save(epoch, best=improved, metrics=res.metrics)
@@ -346,10 +359,12 @@ class Trainer:
             self.log(f"Early stop: no val mIoU improvement for {a.patience} epochs (best {st.best_fitness:.4f} "
                      f"at epoch {st.best_epoch})")
 
-    def _train_grid_batch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _train_grid_batch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """A fixed train batch (first images, this epoch's augmentation) with the eval model's predictions."""
         from utils.datasets import i_seed
 
+        if self.args.tb_images <= 0:  # --tb-images 0: no image grids
+            return None
         items = [self.train_ds[(i, i_seed(i, self.args.seed, epoch))] for i in range(min(self.args.tb_images, len(self.train_ds)))]
         images = torch.stack([it[0] for it in items])
         masks = torch.stack([it[1] for it in items])
@@ -420,7 +435,7 @@ class Trainer:
             model, _ = load_model(best, self.device)  # exactly what val.py will load
             res: EvalResult = evaluate(model, self.val_loader, self.data, self.device, amp=self.amp,
                                        keep_examples=8, desc="best.pt val")
-            self.logger.final_plots(st.rows, res)
+            optional_output("final plots", lambda: self.logger.final_plots(st.rows, res), self.log)
             summary["best_metrics"] = res.metrics
         # marked only now, so a run killed during the wrap-up resumes into it and still gets its plots
         last = load_checkpoint(self.wdir / "last.pt")
