@@ -51,6 +51,15 @@ NUMERIC_FLAGS: dict[str, _Check] = {
 }
 
 
+HEAD_ARGS: dict[str, _Check] = {
+    "width": _int_at_least(1),
+    "max_width": _int_at_least(1),
+    "depth": _int_at_least(1),
+    "min_stride": _int_at_least(1),
+    "dropout": _num(0, 1, hi_open=True),
+}
+
+
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
 
@@ -91,7 +100,12 @@ def check_model_flags(args: argparse.Namespace) -> None:
         raise UserError(f"--scale {args.scale}: use n, s, m, l or x")
     from segment.common import parse_kv
 
-    parse_kv(args.head_args)  # a malformed spec is refused here; values are checked when the head is built
+    # ranges of the options the zoo heads share; a head that cannot use a valid value (min_stride=64 on
+    # a stride-32 backbone) is refused when it is built (models/model.py build_model)
+    for key, value in parse_kv(args.head_args).items():
+        check = HEAD_ARGS.get(key)
+        if check is not None and not check[0](value):
+            raise UserError(f"--head-args {key}={value!r}: must be {check[1]}")
 
 
 def parse_class_weights(spec: Any, nc: int | None = None) -> list[float] | None:

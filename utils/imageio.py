@@ -49,8 +49,10 @@ def decode_image_with_orientation(path: str | os.PathLike) -> tuple[np.ndarray, 
             old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _MAX_PIXELS
             try:
                 with Image.open(path) as im:
+                    orientation = exif_orientation(im)  # as stored in the file
                     im.load()  # a full decode: a truncated file fails here, not in a training worker
-                    orientation = exif_orientation(im)
+                    # PIL's TIFF decoder applies the orientation itself while loading (and drops the tag)
+                    pending = exif_orientation(im)
                     mode = im.mode
                     if mode in ("F", "I;16F") or mode.startswith("F"):
                         raise ImageDecodeError(path, f"floating-point image (mode {mode}); save it as 8-bit RGB "
@@ -64,8 +66,8 @@ def decode_image_with_orientation(path: str | os.PathLike) -> tuple[np.ndarray, 
                         im2 = Image.fromarray(np.round(arr * (255.0 / top)).astype(np.uint8), "L")
                     else:
                         im2 = im
-                    if orientation != 1:
-                        im2 = _transpose(im2, orientation)
+                    if pending != 1:
+                        im2 = _transpose(im2, pending)
                     rgb = np.asarray(im2.convert("RGB"))
             finally:
                 Image.MAX_IMAGE_PIXELS = old
