@@ -88,8 +88,17 @@ def check_numeric(args: argparse.Namespace) -> None:
         parse_img_size(args.img_size)
 
 
-def check_model_flags(args: argparse.Namespace) -> None:
-    """Refuse model flags that contradict each other instead of silently ignoring one of them."""
+def check_model_flags(args: argparse.Namespace, explicit: set[str] | None = None) -> None:
+    """Refuse model flags that contradict each other instead of silently ignoring one of them.
+
+    A recipe's preset yields to the command line: ``--cfg`` given over a preset backbone (or
+    ``--backbone`` over a preset cfg) replaces it; only two given choices conflict."""
+    given = explicit or set()
+    if args.cfg and args.backbone and ("cfg" in given) != ("backbone" in given):
+        if "cfg" in given:
+            args.backbone = None
+        else:
+            args.cfg = None
     if args.cfg and args.backbone:
         raise UserError(f"--cfg {args.cfg} and --backbone {args.backbone}: the model YAML already defines the "
                         f"backbone; give one of them (a torchvision backbone YAML is models/backbone/<name>.yaml)")
@@ -135,7 +144,7 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.weight_decay = 5e-4 if args.optimizer == "sgd" else 0.01
 
 
-def validate_args(args: argparse.Namespace, resuming: bool = False) -> None:
+def validate_args(args: argparse.Namespace, resuming: bool = False, explicit: set[str] | None = None) -> None:
     """Check the whole training configuration (raises UserError); resolves dependent defaults in place.
 
     When resuming, the model flags come from the checkpoint, so only the numeric ranges are rechecked.
@@ -144,7 +153,7 @@ def validate_args(args: argparse.Namespace, resuming: bool = False) -> None:
 
     check_numeric(args)
     if not resuming:
-        check_model_flags(args)
+        check_model_flags(args, explicit)
     parse_loss_spec(args.loss)
     parse_class_weights(args.class_weights)
     if args.cache not in (None, "", "none", "ram"):

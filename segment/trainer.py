@@ -83,7 +83,7 @@ class Trainer:
         self.main = self.rank == 0
         self.stop_signal: int | None = None
         self.resume_ckpt: dict[str, Any] | None = None
-        validate_args(args, resuming=bool(args.resume))  # the whole configuration, before anything is read or built
+        validate_args(args, resuming=bool(args.resume), explicit=explicit)  # the whole configuration, before anything is read or built
         if args.resume:
             name = args.name if "name" in (explicit or set()) else None  # --resume --name exp: that run
             path = find_resume_checkpoint(args.resume, args.project, name)

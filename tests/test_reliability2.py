@@ -244,6 +244,21 @@ def test_bad_flags_are_one_line_before_anything_runs(tiny_data, tmp_path, capsys
     refused(flags(data=tiny_data, project=tmp_path / "runs", **{**RUN, **over}), capsys, tmp_path / "runs", expect)
 
 
+def test_command_line_model_choice_replaces_a_recipe_preset():
+    from argparse import Namespace
+
+    from segment.config import check_model_flags
+
+    a = Namespace(cfg="models/yolov8n_seg.yaml", backbone="resnet50", scale=None, head_args=None)
+    check_model_flags(a, {"cfg"})  # recipe preset backbone=resnet50, user --cfg
+    assert (a.cfg, a.backbone) == ("models/yolov8n_seg.yaml", None)
+    a = Namespace(cfg="models/yolov8n_seg.yaml", backbone="resnet18", scale=None, head_args=None)
+    check_model_flags(a, {"backbone"})  # recipe preset cfg, user --backbone
+    assert (a.cfg, a.backbone) == (None, "resnet18")
+    with pytest.raises(UserError, match="give one of them"):
+        check_model_flags(Namespace(cfg="x.yaml", backbone="resnet18", scale=None, head_args=None), {"cfg", "backbone"})
+
+
 # ----------------------------------------------------------------------------- 9. data YAML types and encodings
 @pytest.mark.parametrize("change, expect", [
     (dict(nc="eleven"), "'nc' must be an integer, got 'eleven' (str)"),
