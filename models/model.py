@@ -146,6 +146,11 @@ def build_model(cfg: dict[str, Any]) -> SegmentationModel:
             head = HEADS.get(name)(backbone.channels, backbone.strides, nc, **head_args)
         except TypeError as e:  # an option the head does not take
             raise UserError(f"--head-args {head_args}: not accepted by the '{name}' head ({e})") from None
+        except (ValueError, AssertionError, RuntimeError, IndexError, KeyError, ZeroDivisionError) as e:
+            # a value the head cannot build with (min_stride=64 on a stride-32 backbone, width=-5, ...)
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"--head-args {head_args}: the '{name}' head cannot be built with these values "
+                            f"on a backbone with strides {list(backbone.strides)} ({why})") from None
     aux = AuxHead(backbone.channels, backbone.strides, nc) if cfg.get("aux") else None
     model = SegmentationModel(backbone, head, nc, aux)
     model.cfg = cfg  # type: ignore[assignment]

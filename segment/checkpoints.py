@@ -118,6 +118,15 @@ def _run_mtime(run: Path) -> float:
     return max((f.stat().st_mtime for f in files if f.is_file()), default=0.0)
 
 
+def _is_finished(last: Path) -> bool:
+    from utils.checkpoint import load_checkpoint
+
+    try:
+        return bool(load_checkpoint(last).get("finished"))
+    except UserError:
+        return False
+
+
 def find_resume_checkpoint(resume: str | bool, project: str | os.PathLike, name: str | None = None) -> Path:
     """--resume path/to/last.pt (or its run folder); --resume alone: project/name if --name was given,
     else the most recently active run under --project. Never falls back to a fresh start."""
@@ -131,12 +140,21 @@ def find_resume_checkpoint(resume: str | bool, project: str | os.PathLike, name:
         if p.parent.name != "weights":
             raise UserError(f"--resume {resume}: expected a checkpoint inside a run folder (.../weights/last.pt), "
                             f"so the resumed run writes there; to start a new run from it use --weights {resume}")
+        if p.name != "last.pt":
+            # best.pt / epochN.pt are earlier states: continuing from one would rewrite the run's later
+            # last.pt and best.pt. Branching from them is a new run.
+            last = p.parent / "last.pt"
+            state = "has finished" if last.is_file() and _is_finished(last) else "continues from its weights/last.pt"
+            raise UserError(f"--resume {resume}: this run {state}; --resume only continues a run from its "
+                            f"last.pt. To branch from {p.name}, start a new run: python segment/train.py "
+                            f"--weights {resume} (plus your flags)")
         return p
     if name is not None:
         runs = [Path(project) / name]
     else:
-        runs = sorted({f.parent for f in Path(project).glob("**/args.yaml")}
-                      | {f.parent.parent for f in Path(project).glob("**/weights/last.pt")}, key=_run_mtime)
+        # only runs that can be continued: a folder left by a run that stopped before its first epoch ended
+        # (no last.pt) is skipped, so it never hides the real latest run
+        runs = sorted({f.parent.parent for f in Path(project).glob("**/weights/last.pt")}, key=_run_mtime)
     if not runs or not runs[-1].is_dir():
         raise UserError(f"--resume: no run under {project}{'/' + name if name else ''}; give the checkpoint path "
                         f"(--resume path/to/weights/last.pt)")

@@ -5,7 +5,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,16 @@ def _resize_ids(ids: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     if tuple(ids.shape[-2:]) == tuple(hw):
         return ids
     return F.interpolate(ids[None, None].float(), size=hw, mode="nearest")[0, 0].long()
+
+
+def optional_output(what: str, write: Callable[[], Any], log: Callable[[str], None] = print) -> None:
+    """Run ``write`` (logs, plots, image grids); a failure is one warning line, never a lost epoch or run.
+
+    Checkpoints are not optional outputs and never go through here."""
+    try:
+        write()
+    except Exception as e:  # noqa: BLE001 - anything a plotting or logging library raises
+        log(f"warning: could not write {what} ({type(e).__name__}: {e}); training continues, the checkpoints are intact")
 
 
 class RunLogger:

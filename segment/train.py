@@ -12,6 +12,7 @@ The resolved configuration is written to the run's args.yaml.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,15 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations of the flags that appear on the command line (not defaults or presets)."""
-    given = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
-    return {a.dest for a in parser._actions if given & set(a.option_strings)}
+    """Destinations of the flags given on the command line (not defaults or presets).
+
+    The parser itself decides: ``argv`` is parsed again with every default suppressed, so only the
+    given flags appear, whatever form they took (``--epoch 5`` abbreviated, ``--epochs=5``, ``-h``)."""
+    probe = copy.deepcopy(parser)
+    probe._defaults.clear()  # presets (set_defaults) are not "given"
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
 
 
 def run(preset: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:

@@ -28,10 +28,12 @@ from models.model import build_model, describe, model_config
 from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_dataset, dataset_identity,
                                  find_resume_checkpoint, resume_args)
 from segment.common import load_model, parse_img_size, parse_kv, preprocess
-from segment.runlog import RunLogger
+from segment.config import parse_class_weights, validate_args
+from segment.runlog import RunLogger, optional_output
 from segment.val import EvalResult, eval_loader, evaluate
 from utils.augment import AugmentConfig, train_transform
-from utils.checkpoint import all_finite, load_checkpoint, load_matching, save_checkpoint, set_rng_state, state_dict_of
+from utils.checkpoint import (all_finite, load_checkpoint, load_matching, save_checkpoint, set_rng_state, state_dict_of,
+                              torchvision_keys)
 from utils.dataconfig import load_data_config
 from utils.dataset_check import preflight
 from utils.datasets import SegDataset, build_loader, class_weights_from_counts
@@ -75,11 +77,13 @@ class Trainer:
         self.main = self.rank == 0
         self.stop_signal: int | None = None
         self.resume_ckpt: dict[str, Any] | None = None
+        validate_args(args, resuming=bool(args.resume), explicit=explicit)  # the whole configuration, before anything is read or built
         if args.resume:
             name = args.name if "name" in (explicit or set()) else None  # --resume --name exp: that run
             path = find_resume_checkpoint(args.resume, args.project, name)
             self.resume_ckpt = load_checkpoint(path)
             self.args = args = resume_args(self.resume_ckpt, path, args, explicit or set())
+            validate_args(args, resuming=True)
         self.setup()
 
     def log(self, msg: str) -> None:
@@ -89,8 +93,6 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
         a = self.args
-        if a.time is not None and not (math.isfinite(a.time) and a.time > 0):
-            raise UserError(f"--time {a.time}: give the budget in hours, a number > 0 (e.g. --time 0.25)")
         ids = [d for d in str(a.device).replace("cuda:", "").split(",") if d.strip()]
         if self.world_size == 1 and len(ids) > 1:
             raise UserError(f"--device {a.device}: several GPUs train with one process each; launch with "
@@ -120,14 +122,6 @@ class Trainer:
             check_same_dataset(self.resume_ckpt, self.data_identity, a.resume)
         self.img_size = parse_img_size(a.img_size)
         a.img_size = list(self.img_size)
-        if self.resume_ckpt is not None:
-            self.save_dir = Path(a.save_dir)
-        else:
-            # rank 0 picks (and makes) the folder; exp2, exp3 ... must not be decided twice
-            name = str(run_dir(a.project, a.name, a.exist_ok, mkdir=True)) if self.main else None
-            self.save_dir = Path(ddp.gather(name)[0])
-            a.save_dir = str(self.save_dir)
-        self.wdir = self.save_dir / "weights"
 
         self.model_cfg = model_config(self.data.nc, a.backbone, a.head, a.cfg, a.scale, aux=a.aux_weight > 0,
                                       head_args=parse_kv(a.head_args))
@@ -171,6 +165,15 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(self.model) if a.ema else None
         self.state = CheckpointState()
+        # The run folder comes last: every refusal above (model, weights, loss, data) leaves nothing behind.
+        if self.resume_ckpt is not None:
+            self.save_dir = Path(a.save_dir)
+        else:
+            # rank 0 picks (and makes) the folder; exp2, exp3 ... must not be decided twice
+            name = str(run_dir(a.project, a.name, a.exist_ok, mkdir=True)) if self.main else None
+            self.save_dir = Path(ddp.gather(name)[0])
+            a.save_dir = str(self.save_dir)
+        self.wdir = self.save_dir / "weights"
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
         self._elapsed_before = self.state.elapsed
@@ -205,9 +208,20 @@ class Trainer:
             self.model.backbone.load_pretrained()
             self.log("Loaded ImageNet weights into the backbone")
             return
-        matched, total = load_matching(self.model, self.init_state or {})
+        state, how = self.init_state or {}, "matching name and shape"
+        matched, total = load_matching(self.model, state)
+        if matched == 0:  # a plain torchvision state dict (resnet18-xxxx.pth): map its names to the backbone's
+            mapped = torchvision_keys(self.model, state)
+            if mapped:
+                matched, total = load_matching(self.model, mapped)
+                how = "torchvision names mapped to the backbone"
         self.init_state = None  # only needed once
-        self.log(f"Transferred {matched}/{total} tensors from {w} (matching name and shape)")
+        if matched == 0:
+            sample = ", ".join(list(state)[:3])
+            raise UserError(f"--weights {w}: no tensor matches {describe(self.model_cfg)} by name and shape "
+                            f"(the file has {len(state)} tensors, e.g. {sample}); give weights of the same model, "
+                            f"--weights pretrained for ImageNet weights, or --weights none")
+        self.log(f"Transferred {matched}/{total} tensors from {w} ({how})")
 
     def _class_weights(self, counts: list[int]) -> list[float] | None:
         cw = self.args.class_weights
@@ -217,13 +231,7 @@ class Trainer:
             w = class_weights_from_counts(counts)
             self.log("Class weights (auto): " + ", ".join(f"{n} {v:.2f}" for n, v in zip(self.data.names, w)))
             return w
-        try:
-            w = [float(v) for v in str(cw).replace(" ", "").split(",")]
-        except ValueError:
-            raise UserError(f"--class-weights {cw}: use 'auto' or {self.data.nc} comma-separated numbers") from None
-        if len(w) != self.data.nc:
-            raise UserError(f"--class-weights: {len(w)} values for {self.data.nc} classes")
-        return w
+        return parse_class_weights(cw, self.data.nc)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         t = ckpt["train"]
@@ -250,9 +258,7 @@ class Trainer:
         try:
             # a run that already stopped (early stop, budget spent) and was killed in its wrap-up only finishes
             done = st.stopped_early or st.time_up
-            for epoch in range(st.next_epoch, a.epochs):
-                if done:
-                    break
+            for epoch in range(st.next_epoch, st.next_epoch if done else a.epochs):
                 self._train_epoch(epoch)
                 self._end_epoch(epoch)
                 if st.stopped_early or st.time_up:
@@ -411,7 +417,9 @@ class Trainer:
             if st.time_up:
                 self.log(f"Time budget of {a.time:g} h reached after epoch {epoch + 1}")
         if self.main:
-            self.logger.log_epoch(st.rows, res, self._train_grid_batch(epoch))
+            # optional outputs: a failure is a warning, never the loss of the epoch just trained
+            optional_output("TensorBoard/results.csv", lambda: self.logger.log_epoch(st.rows, res, self._train_grid_batch(epoch)),
+                            self.log)
             self.log(f"epoch {epoch + 1}/{a.epochs}: loss {row.get('train/loss', float('nan')):.4f}  "
                      f"val mIoU {fitness:.4f}  best {st.best_fitness:.4f} (epoch {st.best_epoch})  "
                      f"{row['train/img_per_s']:.1f} img/s, data wait {100 * row['train/data_wait']:.0f}%")
@@ -422,10 +430,12 @@ class Trainer:
             self.log(f"Early stop: no val mIoU improvement for {a.patience} epochs (best {st.best_fitness:.4f} "
                      f"at epoch {st.best_epoch})")
 
-    def _train_grid_batch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _train_grid_batch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """A fixed train batch (first images, this epoch's augmentation) with the eval model's predictions."""
         from utils.datasets import i_seed
 
+        if self.args.tb_images <= 0:  # --tb-images 0: no image grids
+            return None
         items = [self.train_ds[(i, i_seed(i, self.args.seed, epoch))] for i in range(min(self.args.tb_images, len(self.train_ds)))]
         images = torch.stack([it[0] for it in items])
         masks = torch.stack([it[1] for it in items])
@@ -514,7 +524,7 @@ class Trainer:
             ddp.broadcast_module(model)
             res: EvalResult = evaluate(model, self.val_loader, self.data, self.device, amp=self.amp,
                                        keep_examples=8 if self.main else 0, desc="best.pt val", progress=self.main)
-            self.logger.final_plots(st.rows, res)
+            optional_output("final plots", lambda: self.logger.final_plots(st.rows, res), self.log)
             summary["best_metrics"] = res.metrics
         if not self.main:
             return summary

@@ -161,7 +161,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
     out.update(num_images=res.num_images, img_size=list(img_size), params=count_params(model),
                gflops=gflops(model, img_size), speed_ms=res.speed_ms, split=args.split,
                weights=str(args.weights), data=str(data.yaml_file))
-    atomic_write_text(save_dir / "metrics.json", json.dumps(json_safe(out), indent=2))
+    atomic_write_text(save_dir / "metrics.json", json.dumps(json_safe(out), indent=2, allow_nan=False))
     plot_confusion(res.confusion, data.names, save_dir / "confusion_matrix.png")
     s = res.speed_ms
     print(f"Speed: {s['pre']:.1f} ms pre, {s['inference']:.1f} ms inference, {s['post']:.1f} ms post per image "

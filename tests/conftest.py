@@ -19,6 +19,14 @@ def _find_camvid() -> Path:
 
 
 CAMVID = _find_camvid()
+SLOW_TIMEOUT_S = 900  # per test in the slow tier (the quick tier's limit is pytest.ini's timeout)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests get the slow tier's per-test limit unless they set their own."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 def write_dataset(root: Path, splits: dict[str, int], hw: tuple[int, int] = (40, 56), nc: int = 3,

@@ -36,15 +36,20 @@ def test_index_palette_rgb_and_labelme_agree(tmp_path):
     ref = reference()
     Image.fromarray(ref, "L").save(tmp_path / "index.png")
     p = Image.fromarray(ref, "P")
-    p.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (253 * 3))  # VOC-style: colours are irrelevant
+    p.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (253 * 3))  # VOC-style: without a YAML palette, indices
     p.save(tmp_path / "pal.png")
     Image.fromarray(np.asarray(PALETTE, np.uint8)[ref], "RGB").save(tmp_path / "rgb.png")
     write_labelme(tmp_path / "poly.json")
     write_labelme(tmp_path / "rect.json", "rectangle")
     assert Image.open(tmp_path / "pal.png").mode == "P"
-    for name in ("index.png", "pal.png", "rgb.png", "poly.json", "rect.json"):
+    no_palette = MaskSpec(3, 255, NAMES)
+    assert np.array_equal(read_mask(tmp_path / "pal.png", no_palette), ref)
+    for name in ("index.png", "rgb.png", "poly.json", "rect.json"):
         out = read_mask(tmp_path / name, SPEC)
         assert out.shape == (H, W) and np.array_equal(out, ref), name
+    # with a YAML palette a P-mode file is read by colour: these colours are foreign to it
+    with pytest.raises(MaskError, match=r"2 colour\(s\) not in the palette: \(0, 255, 0\), \(255, 0, 0\)"):
+        read_mask(tmp_path / "pal.png", SPEC)
 
 
 def test_rgb_ignore_color_and_unknown_colours(tmp_path):

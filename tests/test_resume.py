@@ -234,19 +234,23 @@ def test_resume_missing_path_is_an_error_not_a_fresh_start(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_resume_latest_run_without_checkpoint_is_an_error(unfinished, tmp_path, capsys):
-    """A newer run killed before its first epoch ended: bare --resume names it instead of picking an older run."""
+def test_resume_latest_run_skips_folders_without_checkpoint(unfinished, tmp_path, capsys):
+    """A newer folder of a run killed before its first epoch ended (no last.pt) is not resumable: bare
+    --resume continues the latest run that has a last.pt, and --name of such a folder is an error."""
     newer = tmp_path / "runs" / "exp2"
     newer.mkdir()
     (newer / "args.yaml").write_text("epochs: 3\n")
-    code, _, err = main_exit(["--resume", "--project", str(tmp_path / "runs")], capsys)
+    from segment.checkpoints import find_resume_checkpoint
+
+    assert find_resume_checkpoint(True, tmp_path / "runs") == tmp_path / "runs" / "exp" / "weights" / "last.pt"
+    code, _, err = main_exit(["--resume", "--project", str(tmp_path / "runs"), "--name", "exp2"], capsys)
     assert code == 2 and f"latest run {newer} has no weights/last.pt" in err
 
 
 @pytest.mark.parametrize("change, expect", [
     (["--backbone", "resnet18"], "--backbone 'resnet18' (checkpoint: 'mobilenet_v3_small')"),
     (["--img-size", "64"], "--img-size [64] (checkpoint: [32, 48])"),
-    (["--lr0", "0.1"], "--lr0 0.1 (checkpoint: None)"),
+    (["--lr0", "0.1"], "--lr0 0.1 (checkpoint: 0.001)"),  # args hold the resolved default
 ])
 def test_resume_refuses_changed_flags(unfinished, capsys, change, expect):
     _, run = unfinished

@@ -185,8 +185,10 @@ def test_camvid_one_epoch_small(tmp_path, monkeypatch):
     monkeypatch.setenv("SEG_DATASETS_DIR", str(CAMVID.parent))
     s = train.run(data="data/camvid.yaml", img_size=[96, 128], epochs=1, batch_size=16, workers=0,
                   project=str(tmp_path), name="cv", cfg="models/yolov8n_seg.yaml", device="cpu")
-    # one epoch from scratch (measured: mIoU 0.149, pixel acc 0.51); chance is ~0.09 / the road share 0.32
-    assert s["best_fitness"] > 0.08 and s["best_metrics"]["pixel_acc"] > 0.35
+    # one epoch from scratch (measured: mIoU 0.149, pixel acc 0.51). Baselines that learn nothing: always
+    # 'Road' (the largest class, 32% of the pixels) scores pixel acc 0.32 and mIoU 0.32 / 11 = 0.03; a uniform
+    # random guess mIoU ~0.05. The bounds sit clearly above both.
+    assert s["best_fitness"] > 0.10 and s["best_metrics"]["pixel_acc"] > 0.40
     out = val.run(weights=str(Path(s["save_dir"]) / "weights" / "best.pt"), split="test", project=str(tmp_path),
                   name="t", workers=0, batch_size=16)
     assert out["num_images"] == 233 and list(out["per_class"])[10] == "Bicyclist"

@@ -35,20 +35,32 @@ def save_checkpoint(ckpt: dict[str, Any], *paths: str | os.PathLike) -> None:
         atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely; refusals and damage are reported as UserError."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: checkpoint not found")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..); the legacy format starts with a pickle protocol byte (0x80).
+    # Anything else (a text file, an image, a YAML) is not a checkpoint, whatever its name.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        kind = "an empty file" if not head else "a text file" if head.isascii() else "not a PyTorch file"
+        raise UserError(f"{p}: not a PyTorch checkpoint ({kind}; a .pt written by torch.save starts with "
+                        f"a zip header); give a .pt written by train.py or a torchvision state dict")
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{p}: refused to load: the file holds Python objects that would run code when unpickled "
-                        f"(only tensors and plain values are accepted; {first[:160]}). Nothing from it was run.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+                        f"(only tensors and plain values are accepted; {_first_line(e)}). Nothing from it was run.") from None
+    except Exception as e:  # noqa: BLE001 - a damaged archive fails in many ways (RuntimeError, KeyError, EOFError...)
         raise UserError(f"{p}: not a readable PyTorch checkpoint (damaged or truncated? {type(e).__name__}: "
-                        f"{str(e)[:160]}). Checkpoints are written atomically, so this file was damaged after "
+                        f"{_first_line(e)}). Checkpoints are written atomically, so this file was damaged after "
                         f"it was written (disk, copy); use another one, e.g. best.pt or epochN.pt") from None
     if not isinstance(ckpt, dict):
         raise UserError(f"{p}: expected a checkpoint dict, got {type(ckpt).__name__}")
@@ -69,6 +81,21 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[int
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
     return len(matched), len(own)
+
+
+def torchvision_keys(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (a plain torchvision model's state dict, e.g. resnet18-f37072fd.pth) renamed to the
+    model's backbone entries; empty when the backbone is not a torchvision one or nothing maps."""
+    backbone = getattr(model, "backbone", None)
+    source_key = getattr(backbone, "source_key", None)
+    if source_key is None:
+        return {}
+    out = {}
+    for key in backbone.state_dict():
+        src = source_key(key)
+        if src in state:
+            out[f"backbone.{key}"] = state[src]
+    return out
 
 
 def all_finite(state: dict[str, torch.Tensor]) -> bool:

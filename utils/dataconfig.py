@@ -67,9 +67,14 @@ class DataConfig:
         for entry in self.splits[split]:
             p = Path(entry) if Path(entry).is_absolute() else self.root / entry
             if p.is_dir():
-                files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+                files += image_files(p)
             elif p.suffix == ".txt" and p.is_file():
-                for line in p.read_text(encoding="utf-8").splitlines():
+                try:  # utf-8-sig: a list saved by Notepad starts with a byte-order mark, not part of the path
+                    text = p.read_text(encoding="utf-8-sig")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{p}: split '{split}' list is not UTF-8 text (byte {e.start}); "
+                                    f"save it as UTF-8, one image path per line") from None
+                for line in text.splitlines():
                     line = line.strip()
                     if line and not line.startswith("#"):
                         f = Path(line)
@@ -78,13 +83,59 @@ class DataConfig:
                 raise UserError(f"{self.yaml_file}: split '{split}': {p} is neither a folder nor a .txt list")
         if not files:
             raise UserError(f"{self.yaml_file}: split '{split}' is empty (no images in {', '.join(self.splits[split])})")
+        _refuse_duplicates(self.yaml_file, split, files)
         return files
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, sorted, following symlinked folders (each real folder once, so a
+    link back up the tree cannot loop)."""
+    out: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink loop or a second link to a folder already listed
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in filenames:
+            f = Path(dirpath) / name
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                out.append(f)
+    return sorted(out)
+
+
+def _refuse_duplicates(yaml_file: Path, split: str, files: list[Path]) -> None:
+    """Two images that share a folder and a stem (a.jpg, a.png) would both be paired with mask a.png;
+    the same file listed twice would be trained on twice. Both are refused, naming the files."""
+    by_stem: dict[Path, list[Path]] = {}
+    for f in files:
+        by_stem.setdefault(f.with_suffix(""), []).append(f)
+    dups = [fs for fs in by_stem.values() if len(fs) > 1]
+    if dups:
+        shown = "; ".join(" + ".join(str(f) for f in fs) for fs in dups[:5]) + (" ..." if len(dups) > 5 else "")
+        raise UserError(f"{yaml_file}: split '{split}': {len(dups)} image name(s) occur more than once, and each "
+                        f"would be paired with the same mask: {shown}. Keep one file per name (rename or remove "
+                        f"the others)")
 
 
 def _rgb(value: Any, what: str, yaml_file: Path) -> tuple[int, int, int]:
     if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value)):
         raise UserError(f"{yaml_file}: {what} must be an [R, G, B] triple of 0..255 integers, got {value!r}")
     return (int(value[0]), int(value[1]), int(value[2]))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_key(raw: dict[str, Any], key: str, yaml_file: Path, default: int | None = None) -> int:
+    """An integer entry of the data YAML, or one line naming the key and the value found."""
+    v = raw.get(key, default)
+    if not _is_int(v):
+        raise UserError(f"{yaml_file}: '{key}' must be an integer, got {v!r} ({type(v).__name__})")
+    return int(v)
 
 
 def resolve_data_yaml(data: str | os.PathLike) -> Path:
@@ -105,21 +156,31 @@ def load_data_config(data: str | os.PathLike, *, generate: bool = True) -> DataC
             raise UserError(f"{yaml_file}: missing key '{key}'")
     names_raw = raw["names"]
     if isinstance(names_raw, dict):
+        if not all(_is_int(k) for k in names_raw) or sorted(names_raw) != list(range(len(names_raw))):
+            raise UserError(f"{yaml_file}: 'names' as a mapping needs the integer ids 0..{len(names_raw) - 1} as "
+                            f"keys, got {list(names_raw)!r}; or write a list: names: [a, b, ...]")
         names = [str(names_raw[i]) for i in sorted(names_raw)]
-        if sorted(names_raw) != list(range(len(names_raw))):
-            raise UserError(f"{yaml_file}: 'names' ids must be 0..{len(names_raw) - 1}")
     elif isinstance(names_raw, list):
         names = [str(n) for n in names_raw]
     else:
         raise UserError(f"{yaml_file}: 'names' must be a list or an {{id: name}} mapping")
-    nc = int(raw["nc"])
+    nc = _int_key(raw, "nc", yaml_file)
+    if nc == 1:
+        # One class cannot be segmented against nothing: every pixel would be class 0 (or ignored), the
+        # loss is 0 and mIoU 1.0 whatever the model does. The binary story is two classes.
+        raise UserError(f"{yaml_file}: nc: 1 is refused: a binary dataset has two classes, background and the "
+                        f"object. Write nc: 2, names: [background, {names[0] if names else 'object'}], with mask "
+                        f"values 0 = background, 1 = object (masks saved as 0/255: remap 255 -> 1, or set "
+                        f"ignore_index: 255 only if 255 means 'unlabelled')")
     if nc != len(names) or nc < 1:
         raise UserError(f"{yaml_file}: nc is {nc} but 'names' has {len(names)} entries")
-    ignore_index = int(raw.get("ignore_index", 255))
+    ignore_index = _int_key(raw, "ignore_index", yaml_file, 255)
     if 0 <= ignore_index < nc or not 0 <= ignore_index <= 65535:
         raise UserError(f"{yaml_file}: ignore_index {ignore_index} must be outside 0..{nc - 1} and within 0..65535")
     palette = None
     if raw.get("palette") is not None:
+        if not isinstance(raw["palette"], list):
+            raise UserError(f"{yaml_file}: 'palette' must be a list of [R, G, B] triples, got {raw['palette']!r}")
         palette = [_rgb(c, f"palette[{i}]", yaml_file) for i, c in enumerate(raw["palette"])]
         if len(palette) != nc:
             raise UserError(f"{yaml_file}: palette has {len(palette)} colours for {nc} classes")

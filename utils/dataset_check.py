@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from utils.dataconfig import DataConfig, cache_dir
 from utils.errors import UserError
 from utils.files import atomic_write_text
+from utils.imageio import ImageDecodeError, decode_image_with_orientation
 from utils.masks import MaskError, find_mask, read_mask
 
-CHECK_VERSION = 2
-# EXIF orientations that swap height and width; OpenCV (the training decoder) applies them.
+CHECK_VERSION = 3
+# EXIF orientations that swap height and width (utils/imageio.py applies every orientation)
 _TRANSPOSED = {5, 6, 7, 8}
 
 
@@ -39,6 +39,7 @@ class SplitReport:
     class_pixels: list[int] = field(default_factory=list)
     num_bad: int = 0
     ignore_pixels: int = 0
+    exif_oriented: int = 0  # usable images whose EXIF orientation is not 1 (they are used upright)
     cached: bool = False
 
 
@@ -49,33 +50,28 @@ def _rel(p: Path, root: Path) -> str:
         return str(p)
 
 
-def _image_hw(image: Path) -> tuple[tuple[int, int], bool]:
-    """(H, W) of ``image`` as the training loader sees it, and whether EXIF orientation transposed it."""
-    with Image.open(image) as im:
-        im.load()  # full decode: catches truncated files, which open() alone does not
-        transposed = im.getexif().get(0x0112, 1) in _TRANSPOSED
-        return ((im.width, im.height) if transposed else (im.height, im.width)), transposed
+def _check_pair(image: Path, data: DataConfig) -> tuple[Path | None, list[str], np.ndarray | None, int]:
+    """Check one image and its mask; returns (mask path, problems, pixel counts per id up to ignore_index,
+    the image's EXIF orientation).
 
-
-def _check_pair(image: Path, data: DataConfig) -> tuple[Path | None, list[str], np.ndarray | None]:
-    """Check one image and its mask; returns (mask path, problems, pixel counts per id up to ignore_index)."""
+    The image is decoded by the very function training uses (utils.imageio.decode_image), so an image
+    that passes here decodes in training, with the same size and orientation."""
     spec, root = data.mask_spec, data.root
     problems: list[str] = []
-    hw, transposed = None, False
+    hw, transposed, orientation = None, False, 1
     try:
-        hw, transposed = _image_hw(image)
-    except Exception as e:
-        empty = image.is_file() and image.stat().st_size == 0
-        why = "empty file, 0 bytes" if empty else f"{type(e).__name__}: {str(e)[:80]}"
-        problems.append(f"{_rel(image, root)}: image does not decode ({why})")
+        rgb, orientation = decode_image_with_orientation(image)
+        hw, transposed = rgb.shape[:2], orientation in _TRANSPOSED
+    except ImageDecodeError as e:
+        problems.append(f"{_rel(image, root)}: image does not decode ({e.reason})")
     mask_path = find_mask(image, data.images_dir, data.masks_dir)
     if mask_path is None:
         problems.append(f"{_rel(image, root)}: no mask found (expected {data.masks_dir}/.../{image.stem}.png or .json)")
-        return None, problems, None
+        return None, problems, None, orientation
     try:
         mask = read_mask(mask_path, spec, hw)
     except MaskError as e:
-        return mask_path, problems + [f"{_rel(mask_path, root)}: {e.reason}"], None
+        return mask_path, problems + [f"{_rel(mask_path, root)}: {e.reason}"], None, orientation
     if hw is not None and mask.shape != hw:
         msg = f"{_rel(mask_path, root)}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is {hw[1]}x{hw[0]} (WxH)"
         if transposed and mask.shape == hw[::-1]:
@@ -92,7 +88,7 @@ def _check_pair(image: Path, data: DataConfig) -> tuple[Path | None, list[str], 
             msg += ("; looks like a binary mask saved as 0/255: set ignore_index: 255 if 255 means 'ignore', "
                     "else remap 255 -> 1")
         problems.append(msg)
-    return mask_path, problems, counts
+    return mask_path, problems, counts, orientation
 
 
 def _fingerprint(data: DataConfig, split: str, images: list[Path]) -> str:
@@ -124,27 +120,30 @@ def check_split(data: DataConfig, split: str, workers: int = 4, use_cache: bool 
             c = json.loads(cache_file.read_text(encoding="utf-8"))
             if c.get("key") == key:
                 return SplitReport(split, [(Path(i), Path(m)) for i, m in c["items"]], c["problems"],
-                                   c["class_pixels"], c["num_bad"], c["ignore_pixels"], cached=True)
+                                   c["class_pixels"], c["num_bad"], c["ignore_pixels"], c["exif_oriented"],
+                                   cached=True)
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache is recomputed
     with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
         results = list(pool.map(lambda im: _check_pair(im, data), images))
     spec = data.mask_spec
-    items, problems, num_bad = [], [], 0
+    items, problems, num_bad, oriented = [], [], 0, 0
     total = np.zeros(max(spec.nc, spec.ignore_index + 1), np.int64)
-    for image, (mask, probs, counts) in zip(images, results):
+    for image, (mask, probs, counts, orientation) in zip(images, results):
         if probs:
             problems += probs
             num_bad += 1
         elif mask is not None and counts is not None:
             items.append((image, mask))
             total += counts[: len(total)]  # clean masks hold no id above ignore_index
+            oriented += orientation != 1
     report = SplitReport(split, items, problems, [int(v) for v in total[: spec.nc]], num_bad,
-                         int(total[spec.ignore_index]))
+                         int(total[spec.ignore_index]), oriented)
     try:
         atomic_write_text(cache_file, json.dumps({"key": key, "items": [[str(i), str(m)] for i, m in items],
                                                   "problems": problems, "class_pixels": report.class_pixels,
-                                                  "num_bad": num_bad, "ignore_pixels": report.ignore_pixels}))
+                                                  "num_bad": num_bad, "ignore_pixels": report.ignore_pixels,
+                                                  "exif_oriented": oriented}))
         for old in cache_file.parent.glob(f"{prefix}*.json"):  # results for files that have changed since
             if old != cache_file:
                 old.unlink(missing_ok=True)
@@ -194,6 +193,10 @@ def preflight(data: DataConfig, splits: list[str], skip_bad: bool = False, worke
             log(f"dataset check: --skip-bad dropped {r.num_bad} of {r.num_bad + len(r.items)} '{s}' images")
             for p in r.problems:
                 log(f"  [{s}] {p}")
+        if r.exif_oriented:
+            log(f"dataset check: {r.exif_oriented} of {len(r.items)} '{s}' images carry an EXIF orientation other "
+                f"than 1; they are used upright (rotated/mirrored as image viewers show them), so their masks must "
+                f"be drawn on the upright image")
         hint = _only_background_hint(data, r) if s == "train" else None
         if hint:
             log(hint)

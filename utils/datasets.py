@@ -18,15 +18,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.augment import reseed
 from utils.errors import UserError
+from utils.imageio import ImageDecodeError, decode_image
 from utils.masks import MaskSpec, read_mask
 
 
 def read_image(path: Path) -> np.ndarray:
-    """RGB uint8 image; raises UserError naming the file when it cannot be decoded."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise UserError(f"{path}: image cannot be decoded")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    """RGB uint8 image through the one decoder (utils.imageio); UserError naming the file when unusable."""
+    try:
+        return decode_image(path)
+    except ImageDecodeError as e:
+        raise UserError(f"{path}: image cannot be decoded ({e.reason})") from None
 
 
 class SegDataset(Dataset):

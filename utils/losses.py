@@ -7,6 +7,7 @@ Losses are combined from a spec such as ``ce+dice`` or ``ce:1.0,dice:0.5``.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -105,7 +106,12 @@ def parse_loss_spec(spec: str) -> list[tuple[str, float]]:
             weight = float(w) if w else 1.0
         except ValueError:
             raise UserError(f"--loss: weight of '{name}' must be a number, got '{w}'") from None
+        if not math.isfinite(weight) or weight < 0:
+            # a negative weight maximises that loss; NaN/inf makes every step non-finite
+            raise UserError(f"--loss '{spec}': weight {w} of '{name}' must be finite and >= 0")
         terms.append((name, weight))
+    if not any(w for _, w in terms):
+        raise UserError(f"--loss '{spec}': every weight is 0, nothing would be learned")
     return terms
 
 

@@ -1,7 +1,9 @@
 """Mask formats, detected per file, all decoded to one H x W array of class ids.
 
-(a) index PNG: single-channel, or palette mode ('P', e.g. Pascal VOC) whose indices are the class ids;
-(b) RGB colour PNG mapped through the dataset's ``palette`` (+ optional ``ignore_color``);
+(a) index PNG: single-channel, or palette mode ('P', e.g. Pascal VOC) whose indices are the class ids
+    when the data YAML has no ``palette``;
+(b) colour PNG mapped through the dataset's ``palette`` (+ optional ``ignore_color``): RGB(A), and also
+    palette mode when the YAML has a palette (the file's own colour table gives each pixel's colour);
 (c) labelme-style JSON: ``shapes`` with ``label``/``points``, rasterised in file order.
 """
 from __future__ import annotations
@@ -57,7 +59,12 @@ def read_mask(path: Path, spec: MaskSpec, image_hw: tuple[int, int] | None = Non
         with Image.open(path) as im:
             im.load()
             mode = im.mode
-            arr = np.asarray(im)
+            if mode == "P" and spec.palette is not None:
+                # With a YAML palette the colours are the labels: a palette-mode file (an RGB mask that an
+                # editor or PIL quantised) is read through its own colour table, never by index.
+                mode, arr = "RGB", np.asarray(im.convert("RGB"))
+            else:
+                arr = np.asarray(im)
     except Exception as e:
         raise MaskError(path, f"cannot decode mask ({type(e).__name__}: {e})") from None
     if mode in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L") or arr.ndim == 2:

@@ -16,8 +16,16 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: YAML file not found")
+    raw = p.read_bytes()
+    if b"\x00" in raw[:8192]:
+        raise UserError(f"{p}: not a YAML file (binary content); give a text YAML file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{p}: not UTF-8 text (byte {e.start}: 0x{raw[e.start]:02x}; saved in a legacy 8-bit "
+                        f"encoding?); save the file as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as e:
         raise UserError(f"{p}: refused, the YAML uses a tag that is not plain data ({e.problem}); "
                         f"only plain YAML is read") from None
