@@ -26,7 +26,7 @@ from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_d
                                  find_resume_checkpoint, resume_args)
 from segment.common import load_model, parse_img_size, parse_kv, preprocess
 from segment.runlog import RunLogger
-from segment.val import EvalResult, eval_loader, evaluate
+from segment.evaluate import EvalResult, eval_loader, evaluate
 from utils.augment import AugmentConfig, train_transform
 from utils.checkpoint import all_finite, load_checkpoint, load_matching, save_checkpoint, set_rng_state, state_dict_of
 from utils.dataconfig import load_data_config
