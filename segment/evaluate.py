@@ -68,7 +68,7 @@ def evaluate(model: nn.Module | Backend, loader: torch.utils.data.DataLoader, da
         t2 = time.perf_counter()
         for i, target in enumerate(masks):
             target = target.to(device, non_blocking=True)
-            scores = combine(members, i, target.shape[-2:])[None]
+            scores = combine(members, i, target.shape[-2:], probs=cfg.tta)[None]
             pred = scores.argmax(1)[0]
             cm.update(pred, target)
             if loss_fn is not None and not cfg.tta:

@@ -266,6 +266,7 @@ def combine(members: Sequence[torch.Tensor], i: int, size: Sequence[int], probs:
 
 def predict_batch(backend: Backend, images: torch.Tensor, sizes: Sequence[Sequence[int]], cfg: InferenceConfig,
                   device: torch.device, probs: bool = False) -> list[torch.Tensor]:
-    """uint8 (N, 3, h, w) batch -> per image scores (nc, H_i, W_i) at ``sizes`` (the originals)."""
+    """uint8 (N, 3, h, w) batch -> per image scores (nc, H_i, W_i) at ``sizes`` (the originals):
+    logits, or probabilities with ``probs`` or TTA."""
     members = infer_members(backend, preprocess(images, device), cfg)
-    return [combine(members, i, size, probs) for i, size in enumerate(sizes)]
+    return [combine(members, i, size, probs or cfg.tta) for i, size in enumerate(sizes)]
