@@ -81,9 +81,9 @@ def load_backend(weights: str | os.PathLike, device: torch.device, names: Sequen
     ``names`` (e.g. from --data) stands in for an ONNX file's missing class names.
     """
     path = Path(weights)
-    if not path.is_file():
-        raise UserError(f"--weights {weights}: file not found")
     suffix = path.suffix.lower()
+    if suffix not in (".pt", ".pth") and not path.is_file():  # the checkpoint loader words its own
+        raise UserError(f"--weights {weights}: file not found")
     if suffix in (".pt", ".pth"):
         from models.model import describe
 

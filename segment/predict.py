@@ -66,7 +66,7 @@ class Predictor:
         check_backend_config(self.backend, self.cfg, self.img_size)
         self.nc = int(meta["nc"])
         self.names = list(meta.get("names") or [str(i) for i in range(self.nc)])
-        self.ignore_index = int(meta.get("ignore_index", 255) if meta.get("ignore_index") is not None else 255)
+        self.ignore_index = int(255 if meta.get("ignore_index") is None else meta["ignore_index"])
         self.palette = [tuple(c) for c in meta["palette"]] if meta.get("palette") else default_palette(self.nc)
         self.dtype = np.uint16 if max(self.nc, self.ignore_index + 1) > 256 else np.uint8
         self.batch_size = batch_size
