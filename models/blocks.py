@@ -117,14 +117,20 @@ class SegOutput(nn.Module):
         self.fuse_conv = Conv(c_, c_, 3)
         self.drop = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(c_, nc, 1)
+        self.finest = 0  # index of the finest input; the parser sets it from the declared strides
+
+    def set_input_strides(self, strides: Sequence[int]) -> None:
+        """Called by the YAML parser: the finest input is chosen from the declared strides once, so the
+        forward pass has no branch on tensor shapes (a traced/exported graph then works at any size)."""
+        self.finest = min(range(len(strides)), key=lambda k: strides[k])
 
     def forward(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         xs = [x] if isinstance(x, torch.Tensor) else list(x)
-        size = max((t.shape[-2:] for t in xs), key=lambda s: s[0] * s[1])
+        ref = xs[self.finest]
         y = None
-        for lat, t in zip(self.lateral, xs):
+        for k, (lat, t) in enumerate(zip(self.lateral, xs)):
             t = lat(t)
-            if t.shape[-2:] != size:
-                t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+            if k != self.finest:  # an index fixed at build time, not a shape test
+                t = F.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)
             y = t if y is None else y + t
         return self.classifier(self.drop(self.fuse_conv(y)))

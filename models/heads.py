@@ -23,9 +23,10 @@ from models.registry import HEADS
 
 
 def resize_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Bilinearly resize ``x`` to the spatial size of ``ref`` (a no-op when they already agree)."""
-    if x.shape[-2:] == ref.shape[-2:]:
-        return x
+    """Bilinearly resize ``x`` to the spatial size of ``ref``.
+
+    Unconditional on purpose: a shape test here would be frozen into a traced or exported graph.
+    """
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -124,9 +125,8 @@ class YOLOv5Head(Head):
         x = features[self.levels[-1]]
         for reduce, up, csp, i in zip(self.reduce, self.up, self.csp, reversed(self.levels[:-1])):
             skip = features[i]
+            # the model pads its input to a multiple of the largest stride, so the sizes always agree
             x = up(reduce(x))
-            if x.shape[-2:] != skip.shape[-2:]:  # only when a caller skips the model's stride padding
-                x = resize_to(x, skip)
             x = csp(self.concat([x, skip]))
         return self.classifier(self.drop(x))
 

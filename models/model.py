@@ -46,9 +46,9 @@ class SegmentationModel(nn.Module):
         x = (x - self.mean) / self.std
         # Pad (with the mean colour, i.e. zero after normalisation) to a multiple of the largest stride
         # so every Upsample x2 / Concat pair lines up for any input size; the logits are cropped back.
-        ph, pw = (-h) % self.stride, (-w) % self.stride
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))
+        # Always padded (a zero pad is a copy): a Python `if` on the sizes would be frozen into a traced
+        # graph, which would then fail or drift at other input sizes.
+        x = F.pad(x, (0, (-w) % self.stride, 0, (-h) % self.stride))
         features = self.backbone(x)
         out = self._upsample(self.head(features), x, h, w)
         if self.training and self.aux_head is not None:
@@ -57,8 +57,8 @@ class SegmentationModel(nn.Module):
 
     @staticmethod
     def _upsample(logits: torch.Tensor, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        if logits.shape[-2:] != padded.shape[-2:]:
-            logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        # unconditional for the same reason as the pad (every head's out_stride is > 1 anyway)
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :h, :w]
 
     def fuse(self) -> "SegmentationModel":

@@ -269,6 +269,8 @@ class _RowParser:
                 if _param_names(cls)[:1] == ["c1"]:
                     args_k = [int(x.shape[1])] + full[1:]  # later copies read the previous copy's channels
             m = self.instantiate(i, section, cls, name, args_k)
+            if multi and hasattr(m, "set_input_strides"):
+                m.set_input_strides([self.strides[a] for a in inputs])
             x = self.probe_run(i, section, m, name, x, shown)
             modules.append(m)
         self.probe[i] = x

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segment.val import EvalResult
+from segment.evaluate import EvalResult
 from utils.dataconfig import DataConfig
 from utils.files import atomic_write_text
 from utils.plots import default_palette, plot_confusion, plot_results, prediction_grid, save_image

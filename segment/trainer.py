@@ -29,8 +29,8 @@ from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_d
                                  find_resume_checkpoint, resume_args)
 from segment.common import load_model, parse_img_size, parse_kv, preprocess
 from segment.config import parse_class_weights, validate_args
+from segment.evaluate import EvalResult, eval_loader, evaluate
 from segment.runlog import RunLogger, optional_output
-from segment.val import EvalResult, eval_loader, evaluate
 from utils.augment import AugmentConfig, train_transform
 from utils.checkpoint import (all_finite, load_checkpoint, load_matching, save_checkpoint, set_rng_state, state_dict_of,
                               torchvision_keys)

@@ -1,8 +1,9 @@
-"""Validate a checkpoint on a dataset split; also the evaluation code path used during training.
+"""Validate a checkpoint (.pt) or export (.onnx) on a dataset split (the loop itself: segment/evaluate.py).
 
 Usage:
     python segment/val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml
     python segment/val.py --weights best.pt --data data/camvid.yaml --split test --img-size 360 480
+    python segment/val.py --weights best.pt --tta --slide 256 256
 """
 from __future__ import annotations
 
@@ -10,104 +11,22 @@ import argparse
 import json
 import math
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
-
-from segment.common import add_common_flags, cli_entry, load_model, parse_img_size, preprocess, setup_runtime
-from utils.augment import val_transform
-from utils.dataconfig import DataConfig, load_data_config
-from utils.dataset_check import preflight
-from utils.distributed import sum_dict
-from utils.datasets import SegDataset, build_loader
+from segment.common import add_common_flags, cli_entry, parse_img_size, setup_runtime
+from segment.evaluate import EvalResult, eval_loader, evaluate  # noqa: F401 - re-exported for callers of val
+from segment.inference import TorchBackend, check_backend_config, inference_config, load_backend
+from utils.dataconfig import load_data_config
 from utils.errors import UserError
 from utils.files import atomic_write_text, run_dir
-from utils.metrics import ConfusionMatrix, format_metrics_table
-from utils.plots import default_palette, plot_confusion
+from utils.metrics import format_metrics_table
+from utils.plots import plot_confusion
 from utils.torch_utils import count_params, gflops, select_device
-
-
-@dataclass
-class EvalResult:
-    """Metrics of one pass over a split, plus what plots need."""
-
-    metrics: dict[str, Any]
-    confusion: torch.Tensor
-    loss: float = float("nan")
-    num_images: int = 0
-    speed_ms: dict[str, float] = field(default_factory=dict)
-    examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, data: DataConfig, device: torch.device,
-             loss_fn: nn.Module | None = None, amp: bool = False, keep_examples: int = 0,
-             desc: str = "val", progress: bool = True) -> EvalResult:
-    """Run ``model`` over ``loader`` and score it against the original-resolution masks.
-
-    Logits are bilinearly resized from the evaluation size back to each mask's own size before the
-    argmax, so the numbers are those of the dataset's native resolution.
-    """
-    was_training = model.training
-    model.eval()
-    cm = ConfusionMatrix(data.nc, data.ignore_index, device)
-    t_pre = t_inf = t_post = 0.0
-    loss_sum, loss_n, n_img = 0.0, 0, 0
-    examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for images, masks, _ in tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stdout):
-        t0 = time.perf_counter()
-        x = preprocess(images, device)
-        _sync(device)
-        t1 = time.perf_counter()
-        with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
-            logits = model(x)
-        _sync(device)
-        t2 = time.perf_counter()
-        for i, target in enumerate(masks):
-            target = target.to(device, non_blocking=True)
-            li = F.interpolate(logits[i: i + 1].float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-            pred = li.argmax(1)[0]
-            cm.update(pred, target)
-            if loss_fn is not None:
-                loss_sum += float(loss_fn(li, target[None])[0])
-                loss_n += 1
-            if len(examples) < keep_examples:
-                examples.append((images[i], target.cpu(), pred.cpu()))
-        _sync(device)
-        t3 = time.perf_counter()
-        t_pre, t_inf, t_post = t_pre + t1 - t0, t_inf + t2 - t1, t_post + t3 - t2
-        n_img += len(masks)
-    cm.all_reduce()
-    if loss_fn is not None:  # the validation loss of every rank's shard
-        tot = sum_dict({"sum": loss_sum, "n": float(loss_n)}, device)
-        loss_sum, loss_n = tot["sum"], int(tot["n"])
-    model.train(was_training)
-    per = 1000.0 / max(n_img, 1)
-    return EvalResult(cm.compute(data.names), cm.mat.cpu(), loss_sum / loss_n if loss_n else float("nan"), n_img,
-                      {"pre": t_pre * per, "inference": t_inf * per, "post": t_post * per}, examples)
-
-
-def eval_loader(data: DataConfig, split: str, img_size: tuple[int, int], batch_size: int, workers: int,
-                skip_bad: bool = False, cache: str | None = None, log=print, rank: int = 0, world_size: int = 1
-                ) -> torch.utils.data.DataLoader:
-    """Checked, un-augmented loader over ``split`` (images resized to ``img_size``, masks original)."""
-    report = preflight(data, [split], skip_bad=skip_bad, workers=max(workers, 1), log=log)[split]
-    ds = SegDataset(report.items, data.mask_spec, val_transform(img_size), train=False, cache=cache)
-    return build_loader(ds, batch_size, workers, shuffle=False, rank=rank, world_size=world_size)
 
 
 def json_safe(obj: Any) -> Any:
@@ -121,10 +40,29 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
+def add_inference_flags(p: argparse.ArgumentParser) -> None:
+    """--slide / --overlap / --slide-scale / --tta / --tta-scales / --no-flip (val.py and predict.py)."""
+    p.add_argument("--slide", type=int, nargs="+", default=None, metavar="H",
+                   help="sliding-window inference at native resolution with windows H [W] (batch: --batch-size)")
+    p.add_argument("--overlap", type=float, default=1 / 3, help="fraction of a window shared with its neighbour")
+    p.add_argument("--slide-scale", type=float, default=1.0, help="rescale images by this factor before sliding")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average probabilities over "
+                   "--tta-scales and a horizontal flip")
+    p.add_argument("--tta-scales", type=float, nargs="+", default=[0.75, 1.0, 1.25])
+    p.add_argument("--no-flip", action="store_true", help="TTA without the horizontal flip")
+
+
+def summarise(res: EvalResult) -> dict[str, Any]:
+    """The metrics of metrics.json: means plus per-class IoU / accuracy / Dice."""
+    out: dict[str, Any] = {k: res.metrics[k] for k in ("mIoU", "pixel_acc", "mean_acc", "mDice")}
+    out["per_class"] = {n: {k: c[k] for k in ("iou", "acc", "dice")} for n, c in res.metrics["per_class"].items()}
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Validate a segmentation checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", required=True, help="checkpoint (.pt) written by train.py")
+    p.add_argument("--weights", required=True, help="checkpoint (.pt) written by train.py, or an .onnx from export.py")
     p.add_argument("--data", default=None, help="dataset YAML (default: the one the checkpoint was trained on)")
     p.add_argument("--img-size", type=int, nargs="+", default=None, help="H [W] (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=8)
@@ -132,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="runs/val")
     p.add_argument("--name", default="exp")
     p.add_argument("--half", action="store_true", help="fp16 autocast on CUDA")
+    add_inference_flags(p)
     add_common_flags(p)
     return p
 
@@ -144,28 +83,50 @@ def run(**kwargs: Any) -> dict[str, Any]:
             raise TypeError(f"val.run() got an unknown argument '{k}'")
         setattr(args, k, v)
     device = select_device(args.device)
-    model, ckpt = load_model(args.weights, device)
-    data_arg = args.data or ckpt.get("data")
+    infer = inference_config(args.slide, args.overlap, args.slide_scale, args.tta, args.tta_scales, args.no_flip,
+                             args.batch_size)
+    backend = load_backend(args.weights, device, amp=args.half)
+    meta = backend.meta
+    data_arg = args.data or meta.get("data")
     if not data_arg:
-        raise UserError("--data is required: the checkpoint does not record its dataset")
+        raise UserError("--data is required: the weights do not record their dataset")
     data = load_data_config(data_arg)
-    if data.nc != ckpt["model_cfg"]["nc"]:
-        raise UserError(f"{args.weights}: model has {ckpt['model_cfg']['nc']} classes but {data.yaml_file} has {data.nc}")
-    img_size = parse_img_size(args.img_size or ckpt.get("img_size"))
-    loader = eval_loader(data, args.split, img_size, args.batch_size, args.workers, args.skip_bad)
+    if data.nc != meta["nc"]:
+        raise UserError(f"{args.weights}: model has {meta['nc']} classes but {data.yaml_file} has {data.nc}")
+    fixed = tuple(backend.fixed_size) if backend.fixed_size else None
+    img_size = parse_img_size(args.img_size or meta.get("img_size") or fixed)
+    check_backend_config(backend, infer, img_size)
+    if infer.slide:  # native resolution: images of different sizes cannot share a batch
+        loader = eval_loader(data, args.split, None, 1, args.workers, args.skip_bad)
+    else:
+        loader = eval_loader(data, args.split, img_size, args.batch_size, args.workers, args.skip_bad)
     save_dir = run_dir(args.project, args.name, args.exist_ok)  # after the data check: a bad split writes nothing
-    res = evaluate(model, loader, data, device, amp=args.half, desc=f"{args.split}")
+    single = replace(infer, tta=False)
+    res = evaluate(backend, loader, data, device, desc=f"{args.split}", infer=single)
     print(format_metrics_table(res.metrics))
-    out = {k: res.metrics[k] for k in ("mIoU", "pixel_acc", "mean_acc", "mDice")}
-    out["per_class"] = {n: {k: c[k] for k in ("iou", "acc", "dice")} for n, c in res.metrics["per_class"].items()}
-    out.update(num_images=res.num_images, img_size=list(img_size), params=count_params(model),
-               gflops=gflops(model, img_size), speed_ms=res.speed_ms, split=args.split,
-               weights=str(args.weights), data=str(data.yaml_file))
+    out = summarise(res)
+    tta_res = None
+    if infer.tta:
+        tta_res = evaluate(backend, loader, data, device, desc=f"{args.split} TTA", infer=infer)
+        print(f"TTA ({infer.describe()}):")
+        print(format_metrics_table(tta_res.metrics))
+        out["tta"] = summarise(tta_res)
+        out["tta"]["settings"] = {"scales": list(infer.scales), "flip": infer.flip}
+        print(f"mIoU: single-scale {res.metrics['mIoU']:.4f} | TTA {tta_res.metrics['mIoU']:.4f} "
+              f"({tta_res.metrics['mIoU'] - res.metrics['mIoU']:+.4f})")
+    model = backend.model if isinstance(backend, TorchBackend) else None
+    out.update(num_images=res.num_images, img_size=list(img_size), inference=infer.describe(),
+               params=count_params(model) if model is not None else None,
+               gflops=gflops(model, img_size) if model is not None else None, speed_ms=res.speed_ms, split=args.split,
+               weights=str(args.weights), model=meta.get("model"), data=str(data.yaml_file))
+    if infer.slide:
+        out["slide"] = {"window": list(infer.slide), "overlap": infer.overlap, "scale": infer.slide_scale}
     atomic_write_text(save_dir / "metrics.json", json.dumps(json_safe(out), indent=2, allow_nan=False))
-    plot_confusion(res.confusion, data.names, save_dir / "confusion_matrix.png")
+    plot_confusion((tta_res or res).confusion, data.names, save_dir / "confusion_matrix.png")
     s = res.speed_ms
+    where = f"{img_size[0]}x{img_size[1]}" if not infer.slide else infer.describe()
     print(f"Speed: {s['pre']:.1f} ms pre, {s['inference']:.1f} ms inference, {s['post']:.1f} ms post per image "
-          f"at {img_size[0]}x{img_size[1]} on {device}")
+          f"at {where} on {device}")
     print(f"Results saved to {save_dir}")
     out["save_dir"] = str(save_dir)
     return out
