@@ -142,7 +142,7 @@ class Trainer:
                                       cache=a.cache, log=lambda *_: None, rank=self.rank, world_size=self.world_size)
 
         cw = self._class_weights(reports["train"].class_pixels)
-        self.loss_fn = SegLoss(a.loss, self.data.ignore_index, cw, a.aux_weight).to(self.device)
+        self.loss_fn = SegLoss(a.loss, self.data.ignore_index, cw, a.aux_weight, self.model.output_weights).to(self.device)
         lr0 = a.lr0 if a.lr0 is not None else (0.01 if a.optimizer == "sgd" else 1e-3)
         wd = a.weight_decay if a.weight_decay is not None else (5e-4 if a.optimizer == "sgd" else 0.01)
         self.optimizer = build_optimizer(self.model, a.optimizer, lr0, a.momentum, wd)
