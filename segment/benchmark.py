@@ -130,7 +130,7 @@ def train_step_ms(model: nn.Module, img_size: tuple[int, int], nc: int, batch: i
     for i in range(1 + runs):  # the first step allocates optimizer state: untimed
         t0 = time.perf_counter()
         out = model(x)
-        loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+        loss = F.cross_entropy(out["out"] if isinstance(out, dict) else out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
