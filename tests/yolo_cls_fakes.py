@@ -74,7 +74,7 @@ class ClassificationModel(nn.Module):
 
 
 def make_cls_checkpoint(path: Path, graph: str, scale: str, drop_types: tuple[str, ...] = ("SPPF",),
-                        yaml_file: str | None = None, seed: int = 0) -> ClassificationModel:
+                        yaml_file: str | None = None, seed: int = 0, extra: dict | None = None) -> ClassificationModel:
     """Write a -cls.pt like the reference one for ``graph`` at ``scale`` (random weights); returns the model.
 
     The rows are our graph's backbone rows minus ``drop_types`` (yolo11-cls has no SPPF), then Classify.
@@ -103,7 +103,7 @@ def make_cls_checkpoint(path: Path, graph: str, scale: str, drop_types: tuple[st
                 sub.__class__ = getattr(mods[TASKS if type(sub) is ClassificationModel else "ultralytics.nn.modules.head"],
                                         type(sub).__name__)
         torch.save({"model": model, "ema": None, "epoch": -1, "date": "2024-09-30T00:00:00",
-                    "train_args": {"imgsz": 224, "data": "imagenet"}}, path)
+                    "train_args": {"imgsz": 224, "data": "imagenet"}, **(extra or {})}, path)
     return model
 
 
