@@ -278,3 +278,23 @@ def test_ocr_and_yolo11_train_and_validate_from_the_cli(tiny_data, tmp_path):
                        text=True, timeout=300)
     assert v.returncode == 0, v.stderr[-2000:]
     assert "mIoU" in v.stdout + v.stderr
+
+
+def graph_with_gates() -> dict:
+    """yolov8_seg.yaml with SE, scSE and CBAM rows after SPPF (rows 10-12), head indices shifted."""
+    graph = load_yaml(ROOT / "models" / "yolov8_seg.yaml")
+    graph["backbone"] += [[-1, 1, "SE", [16]], [-1, 1, "scSE", [16]], [-1, 1, "CBAM", [16, 7]]]
+    graph["head"][-1][0] = [i + 3 for i in graph["head"][-1][0]]
+    return graph
+
+
+def test_gate_rows_in_a_yaml_graph():
+    backbone, head = parse_model(graph_with_gates(), nc=NC, scale="n")
+    counts = [sum(p.numel() for p in layer.parameters()) for layer in backbone.layers[10:]]
+    # 256 channels at scale n, hidden 16: MLP 256*16 + 16 + 16*256 + 256 = 8464; sSE 1x1 256 -> 1 (+ bias);
+    # CBAM's spatial 7x7 conv 2 -> 1 (+ bias)
+    assert counts == [8464, 8464 + 257, 8464 + 99]
+    assert backbone.channels[-1] == 256 and backbone.feature_rows[-1] == 12
+    model = build_model({**model_config(NC, cfg="models/yolov8n_seg.yaml"), "graph": graph_with_gates()}).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 97, 131)).shape == (1, NC, 97, 131)
