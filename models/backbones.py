@@ -118,6 +118,41 @@ class TorchvisionBackbone(Backbone):
                 raise UserError(f"{label}: child '{name}' is declared [stride {s}, {c} channels] but gives "
                                 f"[stride {real_s}, {real_c} channels]; fix its 'features' row")
 
+    def label(self) -> str:
+        return str(self.spec["name"])
+
+    def can_dilate(self) -> bool:
+        return bool(self.spec.get("dilatable", False))
+
+    def dilate(self, output_stride: int) -> None:
+        """Dilate the children coarser than ``output_stride`` in place (ResNet's replace_stride_with_dilation).
+
+        Inside each such child (a Sequential of blocks), strided convs get stride 1; the k x k convs of its
+        first block keep the dilation reached so far and those of later blocks take the doubled one, as
+        torchvision's ResNet builds them. Weights are unchanged, so ImageNet weights still load.
+        """
+        if not self.can_dilate():
+            super().dilate(output_stride)
+        children = dict(self.body.named_children())
+        dilation, prev_stride = 1, 1
+        for i, (name, s) in enumerate(zip(self.return_names, self.strides)):
+            if s > output_stride:
+                step = s // prev_stride
+                blocks = list(children[name].children()) if isinstance(children[name], nn.Sequential) else [children[name]]
+                for j, block in enumerate(blocks):
+                    d = dilation if j == 0 else dilation * step
+                    for m in block.modules():
+                        if isinstance(m, nn.Conv2d):
+                            m.stride = (1, 1)
+                            if m.kernel_size[0] > 1:
+                                m.dilation = (d, d)
+                                m.padding = (d * (m.kernel_size[0] - 1) // 2,) * 2
+                dilation *= step
+                self.strides[i] = output_stride
+            prev_stride = s
+        self.check_contract()
+        self._check_declared_shapes(f"backbone spec '{self.spec.get('name')}' dilated to stride {output_stride}")
+
     def source_key(self, key: str) -> str:
         """Name in torchvision's state dict of this backbone's state-dict entry ``key``."""
         rest = key.removeprefix("body.")

@@ -134,3 +134,29 @@ class SegOutput(nn.Module):
                 t = F.interpolate(t, size=ref.shape[-2:], mode="bilinear", align_corners=False)
             y = t if y is None else y + t
         return self.classifier(self.drop(self.fuse_conv(y)))
+
+
+@MODULES.register()
+class C3k(C3):
+    """C3 whose bottlenecks use two k x k convolutions (YOLO11's inner block of C3k2)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5,
+                 k: int = 3) -> None:
+        self.k = k  # read by bottleneck(), which C3.__init__ calls
+        super().__init__(c1, c2, n, shortcut, g, e)
+
+    def bottleneck(self, c_: int, shortcut: bool, g: int) -> nn.Module:
+        return Bottleneck(c_, c_, shortcut, g, k=(self.k, self.k), e=1.0)
+
+
+@MODULES.register()
+class C3k2(C2f):
+    """YOLO11's C2f variant: each of the ``n`` units is a C3k (``c3k=True``) or a 3x3-3x3 bottleneck at half
+    width. In the YOLO11 YAMLs the reference parser turns ``c3k`` on for scales m, l and x; our
+    yolo11_seg.yaml says so with a per-scale name (``scale_args``)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, g: int = 1,
+                 shortcut: bool = True) -> None:
+        super().__init__(c1, c2, n, shortcut, g, e)
+        self.m = nn.ModuleList(C3k(self.c, self.c, 2, shortcut, g) if c3k
+                               else Bottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=0.5) for _ in range(n))

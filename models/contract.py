@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from utils.errors import UserError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -30,12 +32,30 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def can_dilate(self) -> bool:
+        """Whether ``dilate`` can lower this backbone's output stride (trading strides for dilation)."""
+        return False
+
+    def dilate(self, output_stride: int) -> None:
+        """Make the deepest level come out at ``output_stride`` by dilating instead of striding.
+
+        Levels that were coarser then all report ``output_stride`` (strides become non-decreasing).
+        The default refuses: only backbones that declare they can (ResNets) override it.
+        """
+        raise UserError(f"--head-args output_stride={output_stride}: the {self.label()} backbone cannot reach stride "
+                        f"{output_stride} by dilation (only ResNets can); use output_stride={max(self.strides)}")
+
+    def label(self) -> str:
+        """Short name for messages."""
+        return type(self).__name__
+
     def check_contract(self) -> None:
         """Raise ValueError when the declared channels/strides are inconsistent."""
         if len(self.channels) != len(self.strides) or not self.strides:
             raise ValueError(f"{type(self).__name__}: channels {self.channels} and strides {self.strides} differ in length")
-        if any(b <= a for a, b in zip(self.strides, self.strides[1:])):
-            raise ValueError(f"{type(self).__name__}: strides {self.strides} must be strictly increasing")
+        # equal strides only come from dilation (dilate): the deepest levels then share the output stride
+        if any(b < a for a, b in zip(self.strides, self.strides[1:])):
+            raise ValueError(f"{type(self).__name__}: strides {self.strides} must be increasing")
 
 
 class Head(nn.Module):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.attention import check_attention
 from models.contract import Backbone, Head
 from models.heads import AuxHead
 from models.registry import BACKBONES, HEADS
@@ -41,7 +42,13 @@ class SegmentationModel(nn.Module):
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, -1, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def output_weights(self) -> dict[str, float]:
+        """Loss weight of every auxiliary output the head declares (the FCN ``aux`` one is --aux-weight's)."""
+        return dict(getattr(self.head, "aux_weights", {}))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits at the input size; in training with auxiliary outputs, {"out": logits, name: logits, ...}."""
         h, w = x.shape[-2:]
         x = (x - self.mean) / self.std
         # Pad (with the mean colour, i.e. zero after normalisation) to a multiple of the largest stride
@@ -50,10 +57,16 @@ class SegmentationModel(nn.Module):
         # graph, which would then fail or drift at other input sizes.
         x = F.pad(x, (0, (-w) % self.stride, 0, (-h) % self.stride))
         features = self.backbone(x)
-        out = self._upsample(self.head(features), x, h, w)
-        if self.training and self.aux_head is not None:
-            return out, self._upsample(self.aux_head(features), x, h, w)
-        return out
+        head_out = self.head(features)
+        outputs = dict(head_out) if isinstance(head_out, dict) else {"out": head_out}
+        out = self._upsample(outputs.pop("out"), x, h, w)
+        if not self.training:
+            return out  # evaluation, predict and export see the main logits only
+        if self.aux_head is not None:
+            outputs["aux"] = self.aux_head(features)
+        if not outputs:
+            return out
+        return {"out": out, **{k: self._upsample(v, x, h, w) for k, v in outputs.items()}}
 
     @staticmethod
     def _upsample(logits: torch.Tensor, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -141,16 +154,21 @@ def build_model(cfg: dict[str, Any]) -> SegmentationModel:
     else:
         backbone = BACKBONES.get(cfg["backbone"])()
     if cfg.get("head") is not None or head is None:
-        name, head_args = cfg.get("head") or "segment", cfg.get("head_args", {})
+        name, head_args = cfg.get("head") or "segment", dict(cfg.get("head_args", {}))
+        head_cls = HEADS.get(name)
+        check_attention(head_args.get("attention"))
+        prepare = getattr(head_cls, "prepare_backbone", None)  # e.g. dilation for an output stride
+        if prepare is not None:
+            head_args = prepare(backbone, head_args)
         try:
-            head = HEADS.get(name)(backbone.channels, backbone.strides, nc, **head_args)
+            head = head_cls(backbone.channels, backbone.strides, nc, **head_args)
         except TypeError as e:  # an option the head does not take
-            raise UserError(f"--head-args {head_args}: not accepted by the '{name}' head ({e})") from None
+            raise UserError(f"--head-args {cfg.get('head_args')}: not accepted by the '{name}' head ({e})") from None
         except (ValueError, AssertionError, RuntimeError, IndexError, KeyError, ZeroDivisionError) as e:
             # a value the head cannot build with (min_stride=64 on a stride-32 backbone, width=-5, ...)
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"--head-args {head_args}: the '{name}' head cannot be built with these values "
-                            f"on a backbone with strides {list(backbone.strides)} ({why})") from None
+            raise UserError(f"--head-args {cfg.get('head_args')}: the '{name}' head cannot be built with these "
+                            f"values on a backbone with strides {list(backbone.strides)} ({why})") from None
     aux = AuxHead(backbone.channels, backbone.strides, nc) if cfg.get("aux") else None
     model = SegmentationModel(backbone, head, nc, aux)
     model.cfg = cfg  # type: ignore[assignment]

@@ -11,7 +11,8 @@ File format, as in YOLOv5/v8::
 Rows are numbered across both lists, as in the comments of YOLO YAMLs. ``from`` is -1 (the previous
 row; for row 0 the image), another negative offset, an earlier row's index, or a list of those (the
 module then gets a list of tensors). Args are plain YAML values; strings are read with
-``ast.literal_eval`` ('None' -> None) and the name ``nc`` is the number of classes. Repeats n > 1 become
+``ast.literal_eval`` ('None' -> None), the name ``nc`` is the number of classes, and names listed under
+``scale_args`` take their value for the chosen scale. Repeats n > 1 become
 max(round(n * depth), 1); channel counts become ceil(min(c, max_channels) * width / 8) * 8.
 
 The parser reads what it needs from the block classes (see models/blocks.py): ``c1`` as first parameter,
@@ -147,6 +148,26 @@ def _multipliers(graph: dict[str, Any], scale: str | None, where: str) -> tuple[
         raise UserError(f"{where}: has no 'scales', so --scale {scale} does not apply; drop --scale")
     return (_number(graph, "depth_multiple", 1.0, where), _number(graph, "width_multiple", 1.0, where),
             _number(graph, "max_channels", math.inf, where))
+
+
+def _scale_args(graph: dict[str, Any], scale: str | None, where: str) -> dict[str, Any]:
+    """Names whose value depends on the scale, usable in row args: ``scale_args: {c3k: {n: False, m: True}}``.
+
+    YOLO11's reference parser switches C3k2's ``c3k`` on for scales m/l/x in code; here the file says it.
+    """
+    table = graph.get("scale_args") or {}
+    scales = graph.get("scales") or {}
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: 'scale_args' must map a name to {{scale: value}}")
+    chosen = scale if scale is not None else next(iter(scales), None)
+    out = {}
+    for key, per_scale in table.items():
+        if not isinstance(per_scale, dict) or chosen not in per_scale:
+            raise UserError(f"{where}: scale_args '{key}' needs a value for scale '{chosen}' (a mapping scale -> value)")
+        if key == "nc":
+            raise UserError(f"{where}: scale_args may not redefine 'nc'")
+        out[str(key)] = per_scale[chosen]
+    return out
 
 
 def _number(graph: dict[str, Any], key: str, default: float, where: str) -> float:
@@ -336,6 +357,7 @@ def parse_model(graph: dict[str, Any], nc: int | None = None, scale: str | None 
         raise UserError(f"{name}: number of classes unknown or invalid (nc={nc!r})")
     depth, width, max_ch = _multipliers(graph, scale, name)
     p = _RowParser(name, nc, int(_number(graph, "ch", 3, name)), depth, width, max_ch)
+    p.names.update(_scale_args(graph, scale, name))
     p.n_backbone = len(backbone_rows)
 
     built = [p.build(i, "backbone", spec) for i, spec in enumerate(backbone_rows)]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import BACKBONES, HEADS, build_model, model_config
-from segment.common import cli_entry
+from segment.common import cli_entry, parse_kv
 from utils.errors import UserError
 from utils.torch_utils import count_params, gflops
 
@@ -40,7 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbones", default="", help="comma-separated registered backbones (default: all)")
-    p.add_argument("--heads", default="", help="comma-separated registered heads (default: all)")
+    p.add_argument("--heads", default="", help="comma-separated registered heads (default: all); options after @, "
+                                               "e.g. unet@attention=scse or deeplabv3plus@output_stride=8@width=128")
     p.add_argument("--cfg", default="", help="model YAML(s), comma-separated (backbone specs or YOLO graphs)")
     p.add_argument("--scale", default=None, help="scale(s) of YOLO graph YAMLs: n, or n,s,m, or all")
     p.add_argument("--img-size", nargs=2, type=int, default=[640, 640], metavar=("H", "W"))
@@ -72,10 +73,16 @@ def _scales(path: str, args: argparse.Namespace) -> list[str | None]:
     return list(graph["scales"]) if args.scale == "all" else _split(args.scale)
 
 
+def _head_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """'unet@attention=scse' -> ('unet', {'attention': 'scse'})."""
+    name, *opts = text.split("@")
+    return name, parse_kv(",".join(opts), flag=f"--heads {text}")
+
+
 def model_configs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]]]:
     """(backbone label, head label, model config) for every combination the flags select."""
     heads = _split(args.heads)
-    unknown = [h for h in heads if h not in HEADS]
+    unknown = [h for h in heads if _head_spec(h)[0] not in HEADS]
     if unknown:
         raise UserError(f"--heads: unknown head(s) {', '.join(unknown)}; choose from: {', '.join(HEADS.names())}")
     if args.cfg:
@@ -83,19 +90,21 @@ def model_configs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, An
         for path in _split(args.cfg):
             for scale in _scales(path, args):
                 for head in heads or [None]:
-                    cfg = model_config(args.nc, head=head, cfg=path, scale=scale)
+                    name, opts = _head_spec(head) if head else (None, {})
+                    cfg = model_config(args.nc, head=name, cfg=path, scale=scale, head_args=opts)
                     if cfg.get("graph") is not None:
                         label = Path(cfg["cfg_file"]).name + (f"({cfg['scale']})" if cfg.get("scale") else "")
                     else:
                         label = Path(path).stem
-                    out.append((label, cfg.get("head") or "graph", cfg))
+                    out.append((label, head or "graph", cfg))
         return out
     backbones = _split(args.backbones) or BACKBONES.names()
     unknown = [b for b in backbones if b not in BACKBONES]
     if unknown:
         raise UserError(f"--backbones: unknown backbone(s) {', '.join(unknown)}; "
                         f"choose from: {', '.join(BACKBONES.names())}")
-    return [(b, h, model_config(args.nc, backbone=b, head=h)) for b in backbones for h in heads or HEADS.names()]
+    return [(b, h, model_config(args.nc, backbone=b, head=_head_spec(h)[0], head_args=_head_spec(h)[1]))
+            for b in backbones for h in heads or HEADS.names()]
 
 
 def cpu_latency_ms(model: nn.Module, img_size: tuple[int, int], runs: int, warmup: int, passes: int = 1) -> float:
@@ -130,7 +139,7 @@ def train_step_ms(model: nn.Module, img_size: tuple[int, int], nc: int, batch: i
     for i in range(1 + runs):  # the first step allocates optimizer state: untimed
         t0 = time.perf_counter()
         out = model(x)
-        loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y)
+        loss = F.cross_entropy(out["out"] if isinstance(out, dict) else out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

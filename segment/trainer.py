@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models.model import build_model, describe, model_config
+from models.yolo_pretrained import load_classification_weights, looks_like_module_pickle, read_classification_checkpoint
 from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_dataset, dataset_identity,
                                  find_resume_checkpoint, resume_args)
 from segment.common import load_model, parse_img_size, parse_kv, preprocess
@@ -122,7 +123,8 @@ class Trainer:
             check_same_dataset(self.resume_ckpt, self.data_identity, a.resume)
         self.img_size = parse_img_size(a.img_size)
         a.img_size = list(self.img_size)
-
+        # the model (and the weights it starts from) is built before the run folder: a bad head option or
+        # a checkpoint that does not fit is refused with nothing written
         self.model_cfg = model_config(self.data.nc, a.backbone, a.head, a.cfg, a.scale, aux=a.aux_weight > 0,
                                       head_args=parse_kv(a.head_args))
         if self.resume_ckpt is not None:
@@ -131,6 +133,12 @@ class Trainer:
         self._load_initial_weights()
         self.log(f"Model {describe(self.model_cfg)}: {count_params(self.model) / 1e6:.2f} M parameters, "
                  f"{gflops(self.model, self.img_size):.2f} GFLOPs at {self.img_size[0]}x{self.img_size[1]}")
+        if self.resume_ckpt is not None:
+            self.save_dir = Path(a.save_dir)
+        else:
+            self.save_dir = run_dir(a.project, a.name, a.exist_ok, mkdir=self.main)
+            a.save_dir = str(self.save_dir)
+        self.wdir = self.save_dir / "weights"
 
         aug = AugmentConfig(a.scale_range[0], a.scale_range[1], a.fliplr, a.color_jitter)
         self.train_ds = SegDataset(reports["train"].items, self.data.mask_spec,
@@ -145,7 +153,7 @@ class Trainer:
                                       cache=a.cache, log=lambda *_: None, rank=self.rank, world_size=self.world_size)
 
         cw = self._class_weights(reports["train"].class_pixels)
-        self.loss_fn = SegLoss(a.loss, self.data.ignore_index, cw, a.aux_weight).to(self.device)
+        self.loss_fn = SegLoss(a.loss, self.data.ignore_index, cw, a.aux_weight, self.model.output_weights).to(self.device)
         lr0 = a.lr0 if a.lr0 is not None else (0.01 if a.optimizer == "sgd" else 1e-3)
         wd = a.weight_decay if a.weight_decay is not None else (5e-4 if a.optimizer == "sgd" else 0.01)
         self.optimizer = build_optimizer(self.model, a.optimizer, lr0, a.momentum, wd)
@@ -192,6 +200,9 @@ class Trainer:
         w = self.args.weights
         if self.resume_ckpt is not None or w in (None, "", "none", "pretrained"):
             return None
+        if looks_like_module_pickle(w):  # a reference YOLO -cls.pt: read without running code
+            self.init_cls = read_classification_checkpoint(w)
+            return None
         try:
             return state_dict_of(load_checkpoint(w))
         except UserError as e:
@@ -207,6 +218,12 @@ class Trainer:
                                 f"use --weights none or a .pt file")
             self.model.backbone.load_pretrained()
             self.log("Loaded ImageNet weights into the backbone")
+            return
+        if getattr(self, "init_cls", None) is not None:
+            n, total, rows = load_classification_weights(self.model, self.init_cls, self.model_cfg)
+            self.init_cls = None
+            self.log(f"Loaded {n}/{total} backbone tensors from {w} (ImageNet classification checkpoint, "
+                     f"matching row, name and shape):\n  " + "\n  ".join(rows))
             return
         state, how = self.init_state or {}, "matching name and shape"
         matched, total = load_matching(self.model, state)

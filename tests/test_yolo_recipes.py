@@ -23,7 +23,7 @@ def _load_preset(path: Path) -> dict:
 
 
 def test_every_family_has_a_recipe() -> None:
-    assert [p.parent.name for p in RECIPES] == ["yolo5-seg", "yolo7-seg", "yolo8-seg", "yolo9-seg"]
+    assert [p.parent.name for p in RECIPES] == ["yolo11-seg", "yolo5-seg", "yolo7-seg", "yolo8-seg", "yolo9-seg"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.parent.name for p in RECIPES])

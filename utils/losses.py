@@ -116,13 +116,20 @@ def parse_loss_spec(spec: str) -> list[tuple[str, float]]:
 
 
 class SegLoss(nn.Module):
-    """Weighted sum of registered losses, plus an auxiliary-head term; returns (total, parts)."""
+    """Weighted sum of registered losses over the main output, plus weighted auxiliary-output terms.
+
+    ``outputs`` is a logits tensor or a dict {"out": logits, name: logits, ...} (SegmentationModel in
+    training). Auxiliary output ``aux`` (the FCN head of --aux-weight) is weighted by ``aux_weight``; any
+    other by ``output_weights[name]`` (what the head declares, e.g. OCR's ``ocr_aux``). Returns
+    (total, parts): parts holds each main term and each auxiliary output's unweighted loss.
+    """
 
     def __init__(self, spec: str, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
-                 aux_weight: float = 0.4) -> None:
+                 aux_weight: float = 0.4, output_weights: dict[str, float] | None = None) -> None:
         super().__init__()
         self.terms = parse_loss_spec(spec)
         self.ignore_index, self.aux_weight = ignore_index, aux_weight
+        self.output_weights = {"aux": float(aux_weight), **(output_weights or {})}
         cw = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
         self.register_buffer("class_weights", cw, persistent=False)
 
@@ -131,12 +138,19 @@ class SegLoss(nn.Module):
         total = sum(w * parts[name] for name, w in self.terms)
         return total, parts  # type: ignore[return-value]
 
-    def forward(self, outputs: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if isinstance(outputs, tuple):  # (main, aux) in training with an auxiliary head
-            main, aux = outputs
-            total, parts = self.single(main, target)
-            aux_total, _ = self.single(aux, target)
-            parts = {**parts, "aux": aux_total}
-            return total + self.aux_weight * aux_total, parts
-        return self.single(outputs, target)
+    def forward(self, outputs: torch.Tensor | dict[str, torch.Tensor] | tuple[torch.Tensor, torch.Tensor],
+                target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if isinstance(outputs, tuple):  # (main, aux): the older calling convention
+            outputs = {"out": outputs[0], "aux": outputs[1]}
+        if not isinstance(outputs, dict):
+            return self.single(outputs, target)
+        total, parts = self.single(outputs["out"], target)
+        for name, logits in outputs.items():
+            if name == "out":
+                continue
+            if name not in self.output_weights:
+                raise KeyError(f"auxiliary output '{name}' has no loss weight (known: {sorted(self.output_weights)})")
+            aux_total, _ = self.single(logits, target)
+            parts = {**parts, name: aux_total}
+            total = total + self.output_weights[name] * aux_total
+        return total, parts
