@@ -144,6 +144,17 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.weight_decay = 5e-4 if args.optimizer == "sgd" else 0.01
 
 
+def record_model_choices(args: argparse.Namespace, model_cfg: dict[str, Any]) -> None:
+    """Write the model defaults that were resolved (backbone, head, scale) back into ``args``, so the
+    saved configuration names the model that was built instead of ``null``."""
+    if not args.cfg and args.backbone is None:
+        args.backbone = model_cfg.get("backbone")
+    if args.head is None and model_cfg.get("head") is not None:
+        args.head = model_cfg["head"]
+    if args.scale is None and model_cfg.get("graph") is not None and model_cfg.get("scale"):
+        args.scale = model_cfg["scale"]
+
+
 def validate_args(args: argparse.Namespace, resuming: bool = False, explicit: set[str] | None = None) -> None:
     """Check the whole training configuration (raises UserError); resolves dependent defaults in place.
 

@@ -366,6 +366,16 @@ def test_args_yaml_holds_resolved_values(finished_run):
     _, run, _ = finished_run
     args = yaml.safe_load((run / "args.yaml").read_text())
     assert args["lr0"] == 0.001 and args["weight_decay"] == 0.01 and args["epochs"] == 2  # adamw defaults
+    assert (args["backbone"], args["head"]) == ("mobilenet_v3_small", "unet")
+    from segment.config import record_model_choices
+    from argparse import Namespace
+
+    a = Namespace(cfg=None, backbone=None, head=None, scale=None)
+    record_model_choices(a, {"backbone": "resnet18", "head": "segment", "graph": None})
+    assert (a.backbone, a.head, a.scale) == ("resnet18", "segment", None)
+    a = Namespace(cfg="models/yolov8s_seg.yaml", backbone=None, head=None, scale=None)
+    record_model_choices(a, {"backbone": None, "head": None, "graph": {"backbone": []}, "scale": "s"})
+    assert (a.backbone, a.head, a.scale) == (None, None, "s")
     assert load_checkpoint(run / "weights" / "last.pt")["args"]["lr0"] == 0.001
 
 
