@@ -74,7 +74,7 @@ def check_numeric(args: argparse.Namespace) -> None:
             continue
         if not ok(v):
             raise UserError(f"{_flag(dest)} {v!r}: must be {what}")
-    sp = getattr(args, "save_period", -1)
+    sp = getattr(args, "save_period", -1)  # absent in val.py
     if not (isinstance(sp, int) and (sp == -1 or sp >= 1)):
         raise UserError(f"--save-period {sp!r}: must be -1 (off) or an integer >= 1")
     if hasattr(args, "scale_range"):
@@ -82,7 +82,7 @@ def check_numeric(args: argparse.Namespace) -> None:
         if len(sr) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sr) \
                 or sr[0] > sr[1]:
             raise UserError(f"--scale-range {' '.join(map(str, sr))}: give LO HI with 0 < LO <= HI (e.g. 0.5 2.0)")
-    if hasattr(args, "img_size"):
+    if getattr(args, "img_size", None) is not None:  # val.py: None means the checkpoint's size
         from segment.common import parse_img_size
 
         parse_img_size(args.img_size)

@@ -139,6 +139,9 @@ def run(**kwargs: Any) -> dict[str, Any]:
         if not hasattr(args, k):
             raise TypeError(f"val.run() got an unknown argument '{k}'")
         setattr(args, k, v)
+    from segment.config import check_numeric
+
+    check_numeric(args)  # --batch-size, --workers, --img-size: one line before anything runs
     device = select_device(args.device)
     model, ckpt = load_model(args.weights, device)
     data_arg = args.data or ckpt.get("data")

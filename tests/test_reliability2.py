@@ -317,6 +317,14 @@ def test_text_file_as_weights_is_one_line_in_train_and_val(tiny_data, tmp_path, 
             capsys, tmp_path / "val", "not a PyTorch checkpoint (a text file", entry=val.main)
 
 
+@pytest.mark.parametrize("bad, expect", [(["--batch-size", "0"], "--batch-size 0: must be an integer >= 1"),
+                                         (["--workers", "-2"], "--workers -2: must be an integer >= 0"),
+                                         (["--img-size", "3"], "--img-size 3: give H or H W")])
+def test_val_numeric_flags_are_one_line(tmp_path, capsys, bad, expect):
+    refused(["--weights", str(tmp_path / "none.pt"), "--project", str(tmp_path / "val"), *bad], capsys,
+            tmp_path / "val", expect, entry=val.main)
+
+
 # ----------------------------------------------------------------------------- 7, 8, 13, 15, 16 on one real run
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
