@@ -76,7 +76,7 @@ def check_numeric(args: argparse.Namespace) -> None:
             continue
         if not ok(v):
             raise UserError(f"{_flag(dest)} {v!r}: must be {what}")
-    sp = getattr(args, "save_period", -1)
+    sp = getattr(args, "save_period", -1)  # absent in val.py
     if not (isinstance(sp, int) and (sp == -1 or sp >= 1)):
         raise UserError(f"--save-period {sp!r}: must be -1 (off) or an integer >= 1")
     if hasattr(args, "scale_range"):
@@ -84,7 +84,7 @@ def check_numeric(args: argparse.Namespace) -> None:
         if len(sr) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sr) \
                 or sr[0] > sr[1]:
             raise UserError(f"--scale-range {' '.join(map(str, sr))}: give LO HI with 0 < LO <= HI (e.g. 0.5 2.0)")
-    if hasattr(args, "img_size"):
+    if getattr(args, "img_size", None) is not None:  # val.py: None means the checkpoint's size
         from segment.common import parse_img_size
 
         parse_img_size(args.img_size)
@@ -144,6 +144,17 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.lr0 = 0.01 if args.optimizer == "sgd" else 1e-3
     if getattr(args, "weight_decay", 0) is None:
         args.weight_decay = 5e-4 if args.optimizer == "sgd" else 0.01
+
+
+def record_model_choices(args: argparse.Namespace, model_cfg: dict[str, Any]) -> None:
+    """Write the model defaults that were resolved (backbone, head, scale) back into ``args``, so the
+    saved configuration names the model that was built instead of ``null``."""
+    if not args.cfg and args.backbone is None:
+        args.backbone = model_cfg.get("backbone")
+    if args.head is None and model_cfg.get("head") is not None:
+        args.head = model_cfg["head"]
+    if args.scale is None and model_cfg.get("graph") is not None and model_cfg.get("scale"):
+        args.scale = model_cfg["scale"]
 
 
 def validate_args(args: argparse.Namespace, resuming: bool = False, explicit: set[str] | None = None) -> None:

@@ -29,7 +29,7 @@ from models.yolo_pretrained import load_classification_weights, looks_like_modul
 from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_dataset, dataset_identity,
                                  find_resume_checkpoint, resume_args)
 from segment.common import load_model, parse_img_size, parse_kv, preprocess
-from segment.config import parse_class_weights, validate_args
+from segment.config import parse_class_weights, record_model_choices, validate_args
 from segment.evaluate import EvalResult, eval_loader, evaluate
 from segment.runlog import RunLogger, optional_output
 from utils.augment import AugmentConfig, train_transform
@@ -129,6 +129,8 @@ class Trainer:
                                       head_args=parse_kv(a.head_args))
         if self.resume_ckpt is not None:
             self.model_cfg = self.resume_ckpt["model_cfg"]
+        else:
+            record_model_choices(a, self.model_cfg)
         self.model = build_model(self.model_cfg).to(self.device, memory_format=torch.channels_last)
         self._load_initial_weights()
         self.log(f"Model {describe(self.model_cfg)}: {count_params(self.model) / 1e6:.2f} M parameters, "

@@ -82,6 +82,9 @@ def run(**kwargs: Any) -> dict[str, Any]:
         if not hasattr(args, k):
             raise TypeError(f"val.run() got an unknown argument '{k}'")
         setattr(args, k, v)
+    from segment.config import check_numeric
+
+    check_numeric(args)  # --batch-size, --workers, --img-size: one line before anything runs
     device = select_device(args.device)
     infer = inference_config(args.slide, args.overlap, args.slide_scale, args.tta, args.tta_scales, args.no_flip,
                              args.batch_size)

@@ -317,6 +317,14 @@ def test_text_file_as_weights_is_one_line_in_train_and_val(tiny_data, tmp_path, 
             capsys, tmp_path / "val", "not a PyTorch checkpoint (a text file", entry=val.main)
 
 
+@pytest.mark.parametrize("bad, expect", [(["--batch-size", "0"], "--batch-size 0: must be an integer >= 1"),
+                                         (["--workers", "-2"], "--workers -2: must be an integer >= 0"),
+                                         (["--img-size", "3"], "--img-size 3: give H or H W")])
+def test_val_numeric_flags_are_one_line(tmp_path, capsys, bad, expect):
+    refused(["--weights", str(tmp_path / "none.pt"), "--project", str(tmp_path / "val"), *bad], capsys,
+            tmp_path / "val", expect, entry=val.main)
+
+
 # ----------------------------------------------------------------------------- 7, 8, 13, 15, 16 on one real run
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
@@ -366,6 +374,16 @@ def test_args_yaml_holds_resolved_values(finished_run):
     _, run, _ = finished_run
     args = yaml.safe_load((run / "args.yaml").read_text())
     assert args["lr0"] == 0.001 and args["weight_decay"] == 0.01 and args["epochs"] == 2  # adamw defaults
+    assert (args["backbone"], args["head"]) == ("mobilenet_v3_small", "unet")
+    from segment.config import record_model_choices
+    from argparse import Namespace
+
+    a = Namespace(cfg=None, backbone=None, head=None, scale=None)
+    record_model_choices(a, {"backbone": "resnet18", "head": "segment", "graph": None})
+    assert (a.backbone, a.head, a.scale) == ("resnet18", "segment", None)
+    a = Namespace(cfg="models/yolov8s_seg.yaml", backbone=None, head=None, scale=None)
+    record_model_choices(a, {"backbone": None, "head": None, "graph": {"backbone": []}, "scale": "s"})
+    assert (a.backbone, a.head, a.scale) == (None, None, "s")
     assert load_checkpoint(run / "weights" / "last.pt")["args"]["lr0"] == 0.001
 
 
