@@ -117,3 +117,18 @@ class ModelEMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
         self.decay, self.tau = float(state["decay"]), float(state["tau"])
+
+
+def preferred_memory_format(model: nn.Module) -> torch.memory_format:
+    """Memory format to run ``model`` in on CPU: channels-last unless it is built on depthwise convolutions.
+
+    oneDNN's NHWC convolutions are faster for dense convs (ResNet, YOLO graphs), but depthwise convs
+    (MobileNet, EfficientNet) in NHWC at batch > 1 were measured slower per image than NCHW
+    (benchmarks/inference_speed.py prints both layouts per model). Heuristic: contiguous (NCHW) when at
+    least a quarter of the conv layers are depthwise.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = sum(1 for m in convs if m.groups > 1 and m.groups == m.in_channels)
+    if convs and depthwise * 4 >= len(convs):
+        return torch.contiguous_format
+    return torch.channels_last
