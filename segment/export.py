@@ -123,7 +123,7 @@ def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], batch: 
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = META_KEY, json.dumps(meta)
-    proto.producer_name, proto.doc_string = "unet-lite", f"{meta['model']}, {meta['nc']} classes"
+    proto.producer_name, proto.doc_string = "unet-lite", f"{meta.get('model', 'model')}, {meta['nc']} classes"
     onnx.save(proto, str(path))
 
 
