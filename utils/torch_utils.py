@@ -149,3 +149,19 @@ class ModelEMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
         self.decay, self.tau = float(state["decay"]), float(state["tau"])
+
+
+def preferred_memory_format(model: nn.Module) -> torch.memory_format:
+    """Memory format to run ``model`` in on CPU: channels-last unless it is built on depthwise convolutions.
+
+    oneDNN's NHWC convolutions are faster for dense convs (ResNet, YOLO graphs). Issue 9 measured
+    mobilenet_v3_large+segment slower per image at batch 8 than at batch 1; the suspected cause is
+    NHWC depthwise convs. NOT YET CONFIRMED: benchmarks/inference_speed.py prints both layouts per
+    model so the rule below (NCHW when at least a quarter of the convs are depthwise) can be checked
+    and tuned on a quiet machine; it currently keeps NHWC for mobilenet_v3_large.
+    """
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = sum(1 for m in convs if m.groups > 1 and m.groups == m.in_channels)
+    if convs and depthwise * 4 >= len(convs):
+        return torch.contiguous_format
+    return torch.channels_last
