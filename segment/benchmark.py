@@ -96,7 +96,7 @@ def model_configs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, An
                         label = Path(cfg["cfg_file"]).name + (f"({cfg['scale']})" if cfg.get("scale") else "")
                     else:
                         label = Path(path).stem
-                    out.append((label, head or "graph", cfg))
+                    out.append((label, head or cfg.get("head") or "graph", cfg))
         return out
     backbones = _split(args.backbones) or BACKBONES.names()
     unknown = [b for b in backbones if b not in BACKBONES]

@@ -298,3 +298,13 @@ def test_gate_rows_in_a_yaml_graph():
     model = build_model({**model_config(NC, cfg="models/yolov8n_seg.yaml"), "graph": graph_with_gates()}).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 97, 131)).shape == (1, NC, 97, 131)
+
+
+def test_benchmark_takes_head_options():
+    from segment.benchmark import model_configs, parse_args
+
+    combos = model_configs(parse_args(["--backbones", "resnet18", "--heads",
+                                       "unet@attention=scse,deeplabv3plus@output_stride=8@width=64"]))
+    assert [(b, h, c["head"], c["head_args"]) for b, h, c in combos] == [
+        ("resnet18", "unet@attention=scse", "unet", {"attention": "scse"}),
+        ("resnet18", "deeplabv3plus@output_stride=8@width=64", "deeplabv3plus", {"output_stride": 8, "width": 64})]
