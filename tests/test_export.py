@@ -1,9 +1,7 @@
 """export.py: ONNX/TorchScript parity with PyTorch, metadata, argmax graphs, INT8, refusals, registry parity."""
 import json
 import sys
-from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -3,7 +3,6 @@ from the CLI (one readable line, exit code, no traceback, no run folder) or agai
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
