@@ -54,7 +54,9 @@ class TorchBackend:
         self.model = model
         self.meta = dict(meta or {})
         self.amp = amp
-        self.device = next(model.parameters()).device
+        # a module without parameters (a stub, a fixed filter) runs where its buffers are, else on the CPU
+        tensors = [*model.parameters(), *model.buffers()]
+        self.device = tensors[0].device if tensors else torch.device("cpu")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):

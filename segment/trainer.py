@@ -135,12 +135,6 @@ class Trainer:
         self._load_initial_weights()
         self.log(f"Model {describe(self.model_cfg)}: {count_params(self.model) / 1e6:.2f} M parameters, "
                  f"{gflops(self.model, self.img_size):.2f} GFLOPs at {self.img_size[0]}x{self.img_size[1]}")
-        if self.resume_ckpt is not None:
-            self.save_dir = Path(a.save_dir)
-        else:
-            self.save_dir = run_dir(a.project, a.name, a.exist_ok, mkdir=self.main)
-            a.save_dir = str(self.save_dir)
-        self.wdir = self.save_dir / "weights"
 
         aug = AugmentConfig(a.scale_range[0], a.scale_range[1], a.fliplr, a.color_jitter)
         self.train_ds = SegDataset(reports["train"].items, self.data.mask_spec,
@@ -335,7 +329,8 @@ class Trainer:
             progress = self.budget.progress() if self.budget is not None and self.main else 0.0
             nonfinite, signalled, progress = ddp.agree(
                 [float(not torch.isfinite(loss)), float(self.stop_signal is not None), progress], self.device)
-            if self._step(loss, skip=bool(nonfinite)):
+            # a step skipped on one rank is skipped on all (no rank may enter the gradient all-reduce alone)
+            if not nonfinite and self._step(loss):
                 st.consecutive_nonfinite = 0
                 for k, v in {"loss": loss, **parts}.items():
                     st.sums[k] = st.sums.get(k, 0.0) + float(v.detach())
@@ -368,7 +363,9 @@ class Trainer:
                              lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                              img_s=f"{sp['images'] / max(sp['seconds'], 1e-9):.1f}",
                              data=f"{100 * sp['wait'] / max(sp['seconds'], 1e-9):.0f}%")
-            if signalled:
+            # alone, a signal that came during this step stops right after it; under DDP the ranks learn
+            # of it in the next step's all-reduce
+            if signalled or (self.world_size == 1 and self.stop_signal is not None):
                 pbar.close()
                 self._interrupt(epoch, step + 1)
             if progress >= 1.0:  # the budget is spent: this partial epoch is validated and the run ends
@@ -377,11 +374,10 @@ class Trainer:
                 self.log(f"Time budget of {a.time:g} h reached at epoch {epoch + 1} step {step + 1}")
                 return
 
-    def _step(self, loss: torch.Tensor, skip: bool) -> bool:
-        """Backward + optimiser step; False (and no update) when the loss (on any rank) or the gradients
-        are not finite."""
+    def _step(self, loss: torch.Tensor) -> bool:
+        """Backward + optimiser step; False (and no update) when the loss or the gradients are not finite."""
         opt = self.optimizer
-        if skip:
+        if not torch.isfinite(loss):
             opt.zero_grad(set_to_none=True)
             return False
         self.scaler.scale(loss).backward()
