@@ -290,9 +290,6 @@ class Trainer:
         ddp.shutdown()
         return summary
 
-    def _time_up(self) -> bool:
-        return self.budget is not None and self.budget.up()
-
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_signal is not None:  # a second signal: stop now, last.pt stays as it was
             raise KeyboardInterrupt
@@ -326,7 +323,11 @@ class Trainer:
             loss, parts = self.loss_fn(outputs, y)
             # One all-reduce per step decides for all ranks: skip (a non-finite loss anywhere), stop
             # (a signal anywhere), and the schedule's progress (rank 0's clock, so every rank sets the same LR).
-            progress = self.budget.progress() if self.budget is not None and self.main else 0.0
+            progress = 0.0
+            if self.budget is not None and self.main:
+                # the epoch's last step also counts the validation that follows it (TimeBudget's doc)
+                last = step == start + len(loader) - 1 and epoch + 1 < a.epochs
+                progress = self.budget.progress(self.budget.epoch_end if last else 0.0)
             nonfinite, signalled, progress = ddp.agree(
                 [float(not torch.isfinite(loss)), float(self.stop_signal is not None), progress], self.device)
             # a step skipped on one rank is skipped on all (no rank may enter the gradient all-reduce alone)
@@ -427,8 +428,10 @@ class Trainer:
         patience_hit = a.patience > 0 and epoch + 1 - st.best_epoch >= a.patience
         st.stopped_early = patience_hit and epoch + 1 < a.epochs
         if self.budget is not None and not st.time_up and epoch + 1 < a.epochs:
-            # decided before saving, so a kill during the wrap-up resumes into the wrap-up only
-            st.time_up = bool(ddp.agree([float(self.budget.up())], self.device)[0])
+            # decided before saving, so a kill during the wrap-up resumes into the wrap-up only; the
+            # normal stop was at a step: this catches only a validation far slower than the last one
+            hard = self.budget.only_wrap_up_fits(time.perf_counter() - t0)
+            st.time_up = bool(ddp.agree([float(hard)], self.device)[0])
             if st.time_up:
                 self.log(f"Time budget of {a.time:g} h reached after epoch {epoch + 1}")
         if self.main:

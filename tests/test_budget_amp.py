@@ -42,9 +42,30 @@ def test_time_budget_reserves_the_wrap_up(monkeypatch):
     assert b.used() == 28.0 and b.up() and b.progress() == 1.0
 
 
+def test_last_step_of_an_epoch_looks_ahead_by_one_epoch_end(monkeypatch):
+    """At 20 s of a 36 s budget with 3 s epoch ends (training ends at 28 s): an ordinary step is at
+    20/28, the epoch's last step counts the 3 s validation after it, and at 25.5 s that is already the
+    end (so it runs at the final LR instead of the run stopping between epochs with a higher one)."""
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    b = TimeBudget(0.01, start=1000.0)
+    b.note_epoch_end(3.0)
+    now[0] += 20.0
+    assert b.progress() == pytest.approx(20 / 28) and b.progress(b.epoch_end) == pytest.approx(23 / 28)
+    now[0] += 5.5
+    assert b.progress() < 1.0 and b.progress(b.epoch_end) == 1.0
+    # between epochs only the hard limit stops the run: the wrap-up (~ one epoch end + 2 s) must fit
+    now[0] += 5.0  # 30.5 s used: 30.5 + 3 + 2 < 36
+    assert b.up() and not b.only_wrap_up_fits(0.5)
+    assert b.only_wrap_up_fits(4.0)  # this validation alone took 4 s: 30.5 + 4 + 2 >= 36
+    now[0] += 0.6
+    assert b.only_wrap_up_fits(0.0)
+
+
 def test_time_budget_stops_and_finishes_normally(tiny_data, tmp_path):
     """A 15 s budget for up to 100 epochs: stops at the budget, validates, writes best.pt and the plots,
-    and the last LR is the schedule's final value lr0 * lrf."""
+    and the last LR is the schedule's final value lr0 * lrf (the stop is decided at a step, also when
+    it falls on an epoch's last step)."""
     budget = 15.0 / 3600
     t0 = time.time()
     with one_thread():

@@ -51,12 +51,18 @@ class TimeBudget:
     Training stops early enough that the epoch-end validation of the partial epoch and the final
     wrap-up (best.pt validation, plots) still fit: ``reserve`` is twice the last measured epoch-end
     cost plus a few seconds. Before the first epoch end nothing is known and nothing is reserved.
+
+    The stop is decided at a training step, never between epochs, so the last step always runs at
+    the schedule's final LR: the last step of an epoch looks ahead by one epoch end (``progress(ahead)``),
+    since that epoch's validation would otherwise carry the clock past the training budget before the
+    next step could notice. Between epochs only the hard limit counts (``only_wrap_up_fits``).
     """
 
     def __init__(self, hours: float, start: float, used_before: float = 0.0) -> None:
         self.seconds = float(hours) * 3600.0
         self.start, self.used_before = start, float(used_before)
         self.reserve = 0.0
+        self.epoch_end = 0.0  # seconds the last epoch end took; 0 until one is measured
 
     def used(self) -> float:
         """Seconds of the budget spent: earlier sessions (up to their last checkpoint) + this one."""
@@ -64,13 +70,20 @@ class TimeBudget:
 
     def note_epoch_end(self, seconds: float) -> None:
         """Record what one epoch end (validation, logging, checkpoint) cost."""
+        self.epoch_end = float(seconds)
         self.reserve = 2.0 * seconds + 2.0
 
     def training_seconds(self) -> float:
         return max(self.seconds - self.reserve, 1e-6)
 
-    def progress(self) -> float:
-        return min(self.used() / self.training_seconds(), 1.0)
+    def progress(self, ahead: float = 0.0) -> float:
+        """Share of the training budget used, counting ``ahead`` seconds still to come; 1.0 = stop."""
+        return min((self.used() + ahead) / self.training_seconds(), 1.0)
 
     def up(self) -> bool:
         return self.used() >= self.training_seconds()
+
+    def only_wrap_up_fits(self, epoch_end_so_far: float) -> bool:
+        """Between epochs: True when one more step would push the final wrap-up (about one epoch
+        end) past the whole budget. The normal stop comes earlier, at a step (see the class doc)."""
+        return self.used() + max(self.epoch_end, epoch_end_so_far) + 2.0 >= self.seconds
