@@ -51,6 +51,20 @@ def parse_img_size(values: Sequence[int] | int | None) -> tuple[int, int]:
     return (int(vals[0]), int(vals[-1]))
 
 
+def parse_crop(values: Sequence[int] | int | None, img_size: tuple[int, int]) -> tuple[int, int] | None:
+    """--crop H [W]: a training crop no larger than --img-size; None (or the image size) means no crop."""
+    if values is None:
+        return None
+    vals = [values] if isinstance(values, int) else list(values)
+    if len(vals) not in (1, 2) or any(int(v) < 8 for v in vals):
+        raise UserError(f"--crop {' '.join(map(str, vals))}: give H or H W, each at least 8 pixels")
+    crop = (int(vals[0]), int(vals[-1]))
+    if crop[0] > img_size[0] or crop[1] > img_size[1]:
+        raise UserError(f"--crop {crop[0]} {crop[1]}: larger than --img-size {img_size[0]} {img_size[1]}; "
+                        f"the crop is cut from the image at that size (raise --img-size or lower --crop)")
+    return None if crop == img_size else crop
+
+
 def load_model(weights: str | os.PathLike, device: torch.device, fuse: bool = False
                ) -> tuple[SegmentationModel, dict[str, Any]]:
     """Rebuild a model from a checkpoint alone (its config + inference weights), in eval mode."""

@@ -87,7 +87,11 @@ def check_numeric(args: argparse.Namespace) -> None:
     if getattr(args, "img_size", None) is not None:  # val.py: None means the checkpoint's size
         from segment.common import parse_img_size
 
-        parse_img_size(args.img_size)
+        size = parse_img_size(args.img_size)
+        if getattr(args, "crop", None) is not None:
+            from segment.common import parse_crop
+
+            parse_crop(args.crop, size)
 
 
 def check_model_flags(args: argparse.Namespace, explicit: set[str] | None = None) -> None:

@@ -30,6 +30,8 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g = p.add_argument_group("data")
     g.add_argument("--data", default="data/shapes.yaml", help="dataset YAML")
     g.add_argument("--img-size", type=int, nargs="+", default=[640], help="training size: H [W]")
+    g.add_argument("--crop", type=int, nargs="+", default=None,
+                   help="training crop H [W] taken after resize to --img-size and random scale (default: --img-size)")
     g.add_argument("--cache", default=None, choices=[None, "ram"], help="keep decoded images in RAM")
     g.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0], help="random scale range (train)")
     g.add_argument("--fliplr", type=float, default=0.5, help="horizontal flip probability (train)")

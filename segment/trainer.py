@@ -28,7 +28,7 @@ from models.model import build_model, describe, model_config
 from models.yolo_pretrained import load_classification_weights, looks_like_module_pickle, read_classification_checkpoint
 from segment.checkpoints import (CheckpointState, build_checkpoint, check_same_dataset, dataset_identity,
                                  find_resume_checkpoint, resume_args)
-from segment.common import load_model, parse_img_size, parse_kv, preprocess
+from segment.common import load_model, parse_crop, parse_img_size, parse_kv, preprocess
 from segment.config import parse_class_weights, record_model_choices, validate_args
 from segment.evaluate import EvalResult, eval_loader, evaluate
 from segment.runlog import RunLogger, optional_output
@@ -136,7 +136,9 @@ class Trainer:
         self.log(f"Model {describe(self.model_cfg)}: {count_params(self.model) / 1e6:.2f} M parameters, "
                  f"{gflops(self.model, self.img_size):.2f} GFLOPs at {self.img_size[0]}x{self.img_size[1]}")
 
-        aug = AugmentConfig(a.scale_range[0], a.scale_range[1], a.fliplr, a.color_jitter)
+        crop = parse_crop(a.crop, self.img_size)
+        a.crop = list(crop) if crop is not None else None
+        aug = AugmentConfig(a.scale_range[0], a.scale_range[1], a.fliplr, a.color_jitter, crop)
         self.train_ds = SegDataset(reports["train"].items, self.data.mask_spec,
                                    train_transform(self.img_size, self.data.ignore_index, aug), train=True, cache=a.cache)
         if self.train_ds.cache_bytes():

@@ -101,3 +101,36 @@ def test_aux_term_is_weighted():
 def test_registry_refuses_duplicates():
     with pytest.raises(KeyError, match="already registered"):
         LOSSES.register("ce")(lambda *a: None)
+
+
+def test_ohem_keeps_the_hard_pixels_by_hand():
+    """Pixels with p_true < 0.7 (CE > 0.357) are kept: CE 0.0067 (easy) is dropped, the other three averaged;
+    with every pixel easy, the hardest 1/16 (at least one) remain."""
+    lg = torch.zeros(1, 2, 1, 4)
+    lg[0, 0, 0] = torch.tensor([5.0, 0.0, -2.0, 1.0])
+    t = torch.tensor([[[0, 0, 0, 1]]])
+    ce = torch.nn.functional.cross_entropy(lg, t, reduction="none").flatten()
+    assert float(LOSSES.get("ohem")(lg, t, 255)) == pytest.approx(float(ce[1:].mean()), abs=1e-6)
+    easy = torch.zeros(1, 2, 1, 4)
+    easy[0, 0, 0] = torch.tensor([9.0, 8.0, 7.0, 6.0])
+    ce = torch.nn.functional.cross_entropy(easy, torch.zeros(1, 1, 4, dtype=torch.long), reduction="none").flatten()
+    assert float(LOSSES.get("ohem")(easy, torch.zeros(1, 1, 4, dtype=torch.long), 255)) == pytest.approx(float(ce.max()))
+
+
+def test_shared_log_softmax_gives_each_term_its_own_value_and_gradient():
+    """SegLoss computes one log-softmax for all terms; every term and the gradient equal the terms alone."""
+    from utils.losses import SegLoss
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6, 5, requires_grad=True)
+    t = torch.randint(0, 4, (2, 6, 5))
+    t[0, :2] = 255
+    names = ["ce", "focal", "ohem", "dice", "jaccard", "tversky"]
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    total, parts = SegLoss("+".join(names), 255, class_weights=w.tolist())(x, t)
+    (g_shared,) = torch.autograd.grad(total, x)
+    alone = {n: LOSSES.get(n)(x, t, 255, w) for n in names}
+    (g_alone,) = torch.autograd.grad(sum(alone.values()), x)
+    for n in names:
+        assert float(parts[n]) == pytest.approx(float(alone[n]), abs=1e-6), n
+    assert torch.allclose(g_shared, g_alone, atol=1e-6)

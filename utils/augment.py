@@ -12,18 +12,26 @@ import numpy as np
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation strengths (CLI: --scale-range, --fliplr, --color-jitter)."""
+    """Training augmentation strengths (CLI: --scale-range, --fliplr, --color-jitter, --crop)."""
 
     scale_min: float = 0.5
     scale_max: float = 2.0
     fliplr: float = 0.5
     color_jitter: float = 0.3
+    crop: tuple[int, int] | None = None  # (H, W) training crop; None: the image size itself
 
 
 def train_transform(img_size: tuple[int, int], ignore_index: int, aug: AugmentConfig = AugmentConfig()) -> A.Compose:
-    """Resize to ``img_size`` (H, W), random scale, pad with ignore/crop back to ``img_size``, flip, colour jitter."""
+    """Resize to ``img_size`` (H, W), random scale, pad with ignore/crop to ``aug.crop`` (default: back to
+    ``img_size``), flip, colour jitter.
+
+    A crop smaller than the image size trains on patches at the scale the model will see at inference
+    (validation resizes to ``img_size``), so a step costs crop area / image area of a full one.
+    """
     h, w = img_size
     steps: list[A.BasicTransform] = [A.Resize(h, w, interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
+    if aug.crop is not None:
+        h, w = aug.crop
     if (aug.scale_min, aug.scale_max) != (1.0, 1.0):
         steps.append(A.RandomScale(scale_limit=(aug.scale_min - 1.0, aug.scale_max - 1.0), interpolation=cv2.INTER_LINEAR,
                                    mask_interpolation=cv2.INTER_NEAREST, p=1.0))

@@ -1,0 +1,240 @@
+"""CamVid under a wall-clock training budget: train the CamVid recipe with --time, score it on test, write
+BENCHMARKS.md.
+
+One call = one budget (one row). The rows live in benchmarks/results/camvid_budget.json; every call
+merges its row there and regenerates the table between the ``camvid-budget`` markers of BENCHMARKS.md
+(the rest of that file, e.g. the ablation notes, is left as it is), so the points can be produced one
+at a time, on different days.
+
+Protocol (issue 12): the budget is the whole training command's wall time (data check, training,
+validation, wrap-up), set with --time; the checkpoint is chosen on val; test is scored afterwards, outside
+the budget, at the native 360x480, single scale.
+
+Usage:
+    python benchmarks/camvid_budget.py --minutes 60                       # the headline row
+    python benchmarks/camvid_budget.py --minutes 15 --seed 1              # seed noise: a second 15-min run
+    python benchmarks/camvid_budget.py --minutes 15 --label "15 min, no crop" --group ablation -- --crop 360 480
+Flags after ``--`` go to the recipe unchanged (they override its preset).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = "unet-lite/yolo8-seg/camvid_yolov8n.py"
+START, END = "<!-- camvid-budget:start -->", "<!-- camvid-budget:end -->"
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The script's flags, and the flags after ``--`` that go to the recipe."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, required=True, help="training budget (the recipe's --time, in minutes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", default=RECIPE, help="the training script (a unet-lite/ recipe)")
+    p.add_argument("--data", default="data/camvid.yaml")
+    p.add_argument("--label", default=None, help="row name (default: '<minutes> min, seed <seed>')")
+    p.add_argument("--group", default="budget", choices=["budget", "ablation"])
+    p.add_argument("--project", default="runs/camvid-budget")
+    p.add_argument("--out", default="BENCHMARKS.md")
+    p.add_argument("--store", default="benchmarks/results/camvid_budget.json")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for the inference timing")
+    p.add_argument("--picture", default=None, help="also write input | truth | prediction rows for 4 test images here")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv), extra
+
+
+def train(a: argparse.Namespace, extra: list[str], name: str) -> tuple[Path, float, float]:
+    """Run the recipe as its own process under the budget; (run dir, wall seconds, peak RSS in GiB)."""
+    cmd = [sys.executable, a.recipe, "--data", a.data, "--time", f"{a.minutes / 60:.6g}", "--seed", str(a.seed),
+           "--project", a.project, "--name", name, "--exist-ok", *extra]
+    print("$ " + " ".join(cmd), flush=True)
+    t0 = time.time()
+    rc = subprocess.call(cmd, cwd=REPO)
+    wall = time.time() - t0
+    if rc != 0:
+        raise SystemExit(f"training failed (exit code {rc}): {' '.join(cmd)}")
+    # ru_maxrss of the children: the largest resident set of any of them (KiB on Linux)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
+    return (REPO / a.project / name).resolve(), wall, peak
+
+
+def training_figures(run: Path) -> dict[str, Any]:
+    """Epochs reached, best val mIoU and training images/s (step time only) from the run's results.csv."""
+    with open(run / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    speeds = [float(r["train/img_per_s"]) for r in rows if r.get("train/img_per_s") not in (None, "", "nan")]
+    return {"epochs": len(rows), "val_mIoU": max(float(r["val/mIoU"]) for r in rows),
+            "img_per_s": statistics.median(speeds) if speeds else float("nan")}
+
+
+def latencies(weights: Path, threads: int, onnx: bool, size: tuple[int, int] = (360, 480)) -> dict[str, float]:
+    """Inference ms/image at batch 1: the fused PyTorch model and, with onnx, ONNX Runtime (fp32)."""
+    import tempfile
+
+    import torch
+
+    from segment.benchmark import cpu_latency_ms
+    from segment.common import load_model
+
+    torch.set_num_threads(threads)
+    model, _ = load_model(weights, torch.device("cpu"), fuse=True)
+    model.aux_head = None
+    out = {"torch_ms": cpu_latency_ms(model, size, runs=20, warmup=3, passes=3)}
+    if onnx:
+        from segment import export
+        from segment.onnx_backend import OnnxBackend
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = Path(tmp) / "model.onnx"
+            export.run(weights=weights, img_size=list(size), output=str(dst), threads=threads, exist_ok=True)
+            backend = OnnxBackend(dst, threads=threads)
+            x = torch.rand(1, 3, *size)
+            for _ in range(3):
+                backend(x)
+            best = []
+            for _ in range(3):
+                times = []
+                for _ in range(20):
+                    t0 = time.perf_counter()
+                    backend(x)
+                    times.append((time.perf_counter() - t0) * 1e3)
+                best.append(statistics.median(times))
+            out["ort_ms"] = min(best)
+    return out
+
+
+def picture(weights: Path, data_yaml: str, path: Path, n: int = 4) -> None:
+    """input | truth | prediction for ``n`` test images spread over the split (the predict.py path)."""
+    import numpy as np
+
+    from segment.predict import Predictor
+    from utils.dataconfig import load_data_config
+    from utils.imageio import decode_image
+    from utils.masks import find_mask, read_mask
+    from utils.plots import colorize, overlay, save_image
+
+    data = load_data_config(data_yaml)
+    images = data.split_images("test")
+    pick = [images[int(i)] for i in np.linspace(0, len(images) - 1, n)]
+    pred = Predictor(str(weights), device="cpu")
+    rows = []
+    for img_path in pick:
+        rgb = decode_image(img_path)
+        truth = read_mask(find_mask(img_path, data.images_dir, data.masks_dir), data.mask_spec, rgb.shape[:2])
+        p = pred(rgb)
+        rows.append(np.concatenate([rgb, overlay(rgb, colorize(truth, data.palette, data.ignore_index)),
+                                    overlay(rgb, colorize(p, data.palette, data.ignore_index))], 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(path, np.concatenate(rows, 0))
+
+
+def machine_line() -> str:
+    from segment.benchmark import machine
+
+    return machine()
+
+
+def format_tables(rows: dict[str, dict[str, Any]]) -> str:
+    """The Markdown between the markers: the budget table, per-class test IoU, and the ablations."""
+    if not rows:
+        return ""
+    ordered = sorted(rows.values(), key=lambda r: (r["group"] != "budget", r["minutes"], r["seed"], r["label"]))
+    names = list(ordered[0]["per_class"])
+    out = ["| run | budget (min) | seed | test mIoU | val mIoU | epochs | train img/s | wall (min) | "
+           "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in ordered:
+        ort = f"{r['ort_ms']:.1f}" if r.get("ort_ms") is not None else "-"
+        out.append(f"| {r['label']} | {r['minutes']:g} | {r['seed']} | **{100 * r['test_mIoU']:.1f}** | "
+                   f"{100 * r['val_mIoU']:.1f} | {r['epochs']} | {r['img_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
+                   f"{r['torch_ms']:.1f} | {ort} | {r['peak_rss_gib']:.2f} | {r['date']} |")
+    out += ["", "Test IoU per class (%):", "",
+            "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for r in ordered:
+        out.append(f"| {r['label']} | " + " | ".join(f"{100 * r['per_class'][n]:.1f}" for n in names) + " |")
+    out += ["", "Commands (flags after the recipe name override its preset):", ""]
+    out += [f"- {r['label']}: `{r['command']}`" for r in ordered]
+    machines = sorted({r["machine"] for r in ordered})
+    out += ["", "Machine: " + "; ".join(machines) + "."]
+    return "\n".join(out)
+
+
+def merge(store: Path, out: Path, row: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Add/replace ``row`` in the JSON store and rewrite the marked section of ``out``."""
+    from utils.files import atomic_write_text
+
+    rows: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.is_file() else {}
+    rows[row["label"]] = row
+    store.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(store, json.dumps(rows, indent=2))  # insertion order keeps the class order
+    section = f"{START}\n{format_tables(rows)}\n{END}"
+    text = out.read_text() if out.is_file() else "# Benchmarks\n\n## CamVid under a training budget\n\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(out, text)
+    return rows
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
+    a, extra = parse_args(argv)
+    from segment import val
+
+    label = a.label or f"{a.minutes:g} min, seed {a.seed}"
+    name = label.replace(" ", "").replace(",", "_").replace("/", "-")
+    run, wall, peak = train(a, extra, name)
+    best = run / "weights" / "best.pt"
+    test = val.run(weights=best, data=a.data, split="test", img_size=[360, 480], project=str(run / "test"),
+                   name="exp", exist_ok=True)
+    row: dict[str, Any] = {
+        "label": label, "group": a.group, "minutes": a.minutes, "seed": a.seed,
+        "command": " ".join(["python", a.recipe, "--data", a.data, "--time", f"{a.minutes / 60:.6g}",
+                             "--seed", str(a.seed), *extra]),
+        "test_mIoU": test["mIoU"], "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
+        **training_figures(run), "wall_s": wall, "peak_rss_gib": peak,
+        **latencies(best, a.threads, onnx=not a.no_onnx),
+        "machine": machine_line(), "date": datetime.date.today().isoformat(), "run": str(run),
+    }
+    row.setdefault("ort_ms", None)
+    if a.picture:
+        picture(best, a.data, Path(a.picture))
+    merge(REPO / a.store if not os.path.isabs(a.store) else Path(a.store),
+          REPO / a.out if not os.path.isabs(a.out) else Path(a.out), row)
+    print(f"{label}: test mIoU {100 * row['test_mIoU']:.1f} (val {100 * row['val_mIoU']:.1f}), {row['epochs']} epochs, "
+          f"{wall / 60:.1f} min wall, peak RSS {peak:.2f} GiB, {row['torch_ms']:.1f} ms/img PyTorch"
+          + (f", {row['ort_ms']:.1f} ms/img ORT" if row["ort_ms"] is not None else ""))
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point."""
+    from segment.common import cli_entry, setup_runtime
+
+    setup_runtime()
+    return cli_entry(_main, argv)
+
+
+if __name__ == "__main__":
+    main()

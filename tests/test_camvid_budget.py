@@ -1,0 +1,61 @@
+"""The CamVid recipe and benchmarks/camvid_budget.py: a tiny --time run on a CamVid subset end to end, and
+the BENCHMARKS.md merge (rows from different days live side by side, text outside the markers survives)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CAMVID
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks import camvid_budget  # noqa: E402
+
+
+def _row(label: str, minutes: float, miou: float) -> dict:
+    return {"label": label, "group": "budget", "minutes": minutes, "seed": 0, "command": f"python r.py --time {minutes / 60:g}",
+            "test_mIoU": miou, "per_class": {"Sky": 0.9, "Pole": 0.125}, "val_mIoU": 0.6, "epochs": 12, "img_per_s": 9.5,
+            "wall_s": minutes * 60, "peak_rss_gib": 1.5, "torch_ms": 14.0, "ort_ms": None, "machine": "m", "date": "2026-12-02"}
+
+
+def test_merge_keeps_other_rows_and_the_text_around(tmp_path):
+    store, out = tmp_path / "rows.json", tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n\nintro\n\n" + camvid_budget.START + "\nold\n" + camvid_budget.END + "\n\n## Ablations\nnotes\n")
+    camvid_budget.merge(store, out, _row("60 min, seed 0", 60, 0.5512))
+    camvid_budget.merge(store, out, _row("15 min, seed 0", 15, 0.4501))
+    camvid_budget.merge(store, out, _row("60 min, seed 0", 60, 0.5634))  # a rerun replaces its own row
+    text = out.read_text()
+    assert text.startswith("# Benchmarks\n\nintro\n") and text.endswith("## Ablations\nnotes\n") and "old" not in text
+    table = text.split(camvid_budget.START)[1].split(camvid_budget.END)[0]
+    lines = [ln for ln in table.splitlines() if ln.startswith("| ") and "min, seed" in ln]
+    # budget rows sorted by minutes; the per-class table repeats them with IoU in percent
+    assert lines[0].startswith("| 15 min, seed 0 | 15 | 0 | **45.0** | 60.0 | 12 | 9.5 | 15.0 | 14.0 | - | 1.50 |")
+    assert lines[1].startswith("| 60 min, seed 0 | 60 | 0 | **56.3** |")
+    assert "| 15 min, seed 0 | 90.0 | 12.5 |" in table and len(json.loads(store.read_text())) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not found ($SEG_DATASETS_DIR/camvid or ../shared/datasets/camvid)")
+def test_recipe_runs_under_a_tiny_budget_and_the_script_writes_its_row(tmp_path, monkeypatch):
+    from benchmarks.camvid_heads import subset_yaml
+
+    monkeypatch.setenv("SEG_DATASETS_DIR", str(CAMVID.parent))
+    data = subset_yaml(str(REPO / "data" / "camvid.yaml"), 16, tmp_path)  # links; the dataset is untouched
+    out, store = tmp_path / "BENCHMARKS.md", tmp_path / "rows.json"
+    cmd = [sys.executable, "benchmarks/camvid_budget.py", "--minutes", "0.25", "--data", data, "--out", str(out),
+           "--store", str(store), "--project", str(tmp_path / "runs"), "--no-onnx", "--picture", str(tmp_path / "p.jpg"),
+           "--", "--img-size", "96", "128", "--crop", "64", "96", "--batch-size", "8", "--workers", "0"]
+    env = {"SEG_DATASETS_DIR": str(CAMVID.parent), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    row = json.loads(store.read_text())["0.25 min, seed 0"]
+    assert "Time budget of 0.00416667 h reached" in r.stdout  # the recipe's 60-minute default was overridden
+    assert row["epochs"] >= 1 and 0.0 < row["test_mIoU"] < 1.0 and list(row["per_class"])[-1] == "Bicyclist"
+    assert row["wall_s"] < 15 + 60 and row["peak_rss_gib"] > 0.1 and row["torch_ms"] > 0
+    assert "--crop 64 96" in row["command"] and (tmp_path / "p.jpg").stat().st_size > 1000
+    assert "| 0.25 min, seed 0 | 0.25 | 0 |" in out.read_text()
