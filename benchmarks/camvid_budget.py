@@ -23,6 +23,7 @@ import csv
 import datetime
 import json
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -89,8 +90,6 @@ def training_figures(run: Path) -> dict[str, Any]:
 
 def latencies(weights: Path, threads: int, onnx: bool, size: tuple[int, int] = (360, 480)) -> dict[str, float]:
     """Inference ms/image at batch 1: the fused PyTorch model and, with onnx, ONNX Runtime (fp32)."""
-    import tempfile
-
     import torch
 
     from segment.benchmark import cpu_latency_ms
@@ -101,30 +100,43 @@ def latencies(weights: Path, threads: int, onnx: bool, size: tuple[int, int] = (
     model.aux_head = None
     out = {"torch_ms": cpu_latency_ms(model, size, runs=20, warmup=3, passes=3)}
     if onnx:
-        from segment import export
-        from segment.onnx_backend import OnnxBackend
-
-        with tempfile.TemporaryDirectory() as tmp:
-            dst = Path(tmp) / "model.onnx"
-            export.run(weights=weights, img_size=list(size), output=str(dst), threads=threads, exist_ok=True)
-            backend = OnnxBackend(dst, threads=threads)
-            x = torch.rand(1, 3, *size)
-            for _ in range(3):
-                backend(x)
-            best = []
-            for _ in range(3):
-                times = []
-                for _ in range(20):
-                    t0 = time.perf_counter()
-                    backend(x)
-                    times.append((time.perf_counter() - t0) * 1e3)
-                best.append(statistics.median(times))
-            out["ort_ms"] = min(best)
+        try:
+            out["ort_ms"] = _ort_ms(weights, threads, size)
+        except Exception as e:  # an optional column: never the loss of a training hour
+            print(f"warning: no ONNX Runtime latency ({type(e).__name__}: {e})", flush=True)
     return out
+
+
+def _ort_ms(weights: Path, threads: int, size: tuple[int, int]) -> float:
+    """ONNX Runtime fp32 ms/image at batch 1 (best of 3 medians of 20) of a fresh static export."""
+    import tempfile
+
+    import torch
+
+    from segment import export
+    from segment.onnx_backend import OnnxBackend
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / "model.onnx"
+        export.run(weights=weights, img_size=list(size), output=str(dst), threads=threads, exist_ok=True)
+        backend = OnnxBackend(dst, threads=threads)
+        x = torch.rand(1, 3, *size)
+        for _ in range(3):
+            backend(x)
+        best = []
+        for _ in range(3):
+            times = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                backend(x)
+                times.append((time.perf_counter() - t0) * 1e3)
+            best.append(statistics.median(times))
+        return min(best)
 
 
 def picture(weights: Path, data_yaml: str, path: Path, n: int = 4) -> None:
     """input | truth | prediction for ``n`` test images spread over the split (the predict.py path)."""
+    import cv2
     import numpy as np
 
     from segment.predict import Predictor
@@ -144,8 +156,22 @@ def picture(weights: Path, data_yaml: str, path: Path, n: int = 4) -> None:
         p = pred(rgb)
         rows.append(np.concatenate([rgb, overlay(rgb, colorize(truth, data.palette, data.ignore_index)),
                                     overlay(rgb, colorize(p, data.palette, data.ignore_index))], 1))
+    grid = np.concatenate(rows, 0)
+    # half size: enough to see poles and people, small enough for a README
+    grid = cv2.resize(grid, (grid.shape[1] // 2, grid.shape[0] // 2), interpolation=cv2.INTER_AREA)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(path, np.concatenate(rows, 0))
+    save_image(path, grid)
+
+
+def _commit() -> str:
+    """The code the row was measured with: short commit, '+dirty' when the tree had changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True).stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or "unknown"
+    except OSError:
+        return "unknown"
 
 
 def machine_line() -> str:
@@ -161,13 +187,13 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
     ordered = sorted(rows.values(), key=lambda r: (r["group"] != "budget", r["minutes"], r["seed"], r["label"]))
     names = list(ordered[0]["per_class"])
     out = ["| run | budget (min) | seed | test mIoU | val mIoU | epochs | train img/s | wall (min) | "
-           "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date |",
+           "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date, commit |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in ordered:
         ort = f"{r['ort_ms']:.1f}" if r.get("ort_ms") is not None else "-"
         out.append(f"| {r['label']} | {r['minutes']:g} | {r['seed']} | **{100 * r['test_mIoU']:.1f}** | "
                    f"{100 * r['val_mIoU']:.1f} | {r['epochs']} | {r['img_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
-                   f"{r['torch_ms']:.1f} | {ort} | {r['peak_rss_gib']:.2f} | {r['date']} |")
+                   f"{r['torch_ms']:.1f} | {ort} | {r['peak_rss_gib']:.2f} | {r['date']}, {r.get('commit', '?')} |")
     out += ["", "Test IoU per class (%):", "",
             "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for r in ordered:
@@ -203,7 +229,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     from segment import val
 
     label = a.label or f"{a.minutes:g} min, seed {a.seed}"
-    name = label.replace(" ", "").replace(",", "_").replace("/", "-")
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")  # a run folder name the trainer accepts
     run, wall, peak = train(a, extra, name)
     best = run / "weights" / "best.pt"
     test = val.run(weights=best, data=a.data, split="test", img_size=[360, 480], project=str(run / "test"),
@@ -215,7 +241,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         "test_mIoU": test["mIoU"], "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
         **training_figures(run), "wall_s": wall, "peak_rss_gib": peak,
         **latencies(best, a.threads, onnx=not a.no_onnx),
-        "machine": machine_line(), "date": datetime.date.today().isoformat(), "run": str(run),
+        "machine": machine_line(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": _commit(),
     }
     row.setdefault("ort_ms", None)
     if a.picture:

@@ -49,7 +49,7 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--time", type=float, default=None,
                    help="wall-clock budget in hours for the whole command; the LR schedule runs over it")
     g.add_argument("--batch-size", type=int, default=8)
-    g.add_argument("--loss", default="ce", help="loss spec: ce, dice, jaccard, focal, tversky; 'ce+dice' or 'ce:1,dice:0.5'")
+    g.add_argument("--loss", default="ce", help="loss spec: ce, ohem, dice, jaccard, focal, tversky; 'ce+dice' or 'ce:1,dice:0.5'")
     g.add_argument("--class-weights", default=None, help="'auto' (from train pixel frequencies) or comma-separated values")
     g.add_argument("--optimizer", default="adamw", choices=["sgd", "adamw"])
     g.add_argument("--lr0", type=float, default=None, help="initial LR (default 0.01 for sgd, 0.001 for adamw)")

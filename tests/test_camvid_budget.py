@@ -34,7 +34,7 @@ def test_merge_keeps_other_rows_and_the_text_around(tmp_path):
     table = text.split(camvid_budget.START)[1].split(camvid_budget.END)[0]
     lines = [ln for ln in table.splitlines() if ln.startswith("| ") and "min, seed" in ln]
     # budget rows sorted by minutes; the per-class table repeats them with IoU in percent
-    assert lines[0].startswith("| 15 min, seed 0 | 15 | 0 | **45.0** | 60.0 | 12 | 9.5 | 15.0 | 14.0 | - | 1.50 |")
+    assert lines[0].startswith("| 15 min, seed 0 | 15 | 0 | **45.0** | 60.0 | 12 | 9.5 | 15.0 | 14.0 | - | 1.50 | 2026-12-02, ? |")
     assert lines[1].startswith("| 60 min, seed 0 | 60 | 0 | **56.3** |")
     assert "| 15 min, seed 0 | 90.0 | 12.5 |" in table and len(json.loads(store.read_text())) == 2
 

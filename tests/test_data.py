@@ -113,6 +113,22 @@ def test_train_and_val_items(tiny_data):
     assert img.shape == (3, 32, 48) and mask.shape == (40, 56)  # masks stay at their original size
 
 
+def test_crop_cuts_patches_at_the_image_scale():
+    """--crop: the image is resized to the image size first, then cut: with no random scale a 16x24 crop
+    of a 32x48 resize shows the same pixels as the resize itself, at the same scale."""
+    from utils.augment import AugmentConfig
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    mask = rng.integers(0, 3, (64, 96), dtype=np.uint8)
+    aug = AugmentConfig(1.0, 1.0, 0.0, 0.0, crop=(16, 24))
+    out = train_transform((32, 48), 255, aug)(image=img, mask=mask)
+    assert out["image"].shape == (16, 24, 3) and out["mask"].shape == (16, 24)
+    full = train_transform((32, 48), 255, AugmentConfig(1.0, 1.0, 0.0, 0.0))(image=img, mask=mask)["image"]
+    hits = [(y, x) for y in range(17) for x in range(25) if np.array_equal(full[y:y + 16, x:x + 24], out["image"])]
+    assert len(hits) == 1
+
+
 def test_seeded_sampler_order_depends_only_on_seed_and_epoch():
     s = SeededSampler(10, shuffle=True, seed=3)
     s.set_epoch(2)

@@ -189,6 +189,8 @@ def test_what_passes_the_check_trains_tiff_float_16bit_and_exif(tmp_path):
     (dict(class_weights="1,-2,1"), "-2.0 is not allowed"),
     (dict(class_weights="1,inf,1"), "inf is not allowed"),
     (dict(class_weights="1,1"), "2 values for 3 classes"),
+    (dict(crop=[32, 64]), "--crop 32 64: larger than --img-size 32 48"),
+    (dict(crop=[4]), "--crop 4: give H or H W, each at least 8 pixels"),
 ])
 def test_nonsense_loss_and_class_weights_are_refused(tiny_data, tmp_path, capsys, over, expect):
     refused(flags(data=tiny_data, project=tmp_path / "runs", **{**RUN, **over}), capsys, tmp_path / "runs", expect)
