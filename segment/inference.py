@@ -165,7 +165,12 @@ def inference_config(slide: Sequence[int] | None = None, overlap: float = 1 / 3,
 
 
 def check_backend_config(backend: Backend, cfg: InferenceConfig, img_size: tuple[int, int] | None) -> None:
-    """Refuse combinations a fixed-size graph (a static ONNX export) cannot run, before anything is written."""
+    """Refuse combinations a graph cannot run, before anything is written: blending on an --argmax export
+    (it has no logits, so slide/TTA would average class votes) and other sizes on a static one."""
+    if getattr(backend, "outputs_labels", False) and (cfg.slide is not None or cfg.tta):
+        what = "--slide" if cfg.slide is not None else "--tta"
+        raise UserError(f"{what}: this ONNX graph was exported with --argmax and returns class ids, not logits, "
+                        f"so there is nothing to blend; export without --argmax to use {what}")
     fixed = backend.fixed_size
     if fixed is None:
         return

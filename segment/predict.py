@@ -312,6 +312,9 @@ def run(**kwargs: Any) -> dict[str, Any]:
     sources = resolve_sources(str(args.source))
     pred = Predictor(args.weights, args.device, args.img_size, args.slide, args.overlap, args.slide_scale, args.tta,
                      args.tta_scales, not args.no_flip, args.batch_size, names, args.half)
+    if args.save_conf and getattr(pred.backend, "outputs_labels", False):
+        raise UserError("--save-conf: this ONNX graph was exported with --argmax and returns class ids, not "
+                        "probabilities; export without --argmax to save confidence maps")
     if args.classes is not None:
         bad = [c for c in args.classes if not 0 <= c < pred.nc]
         if bad:

@@ -88,12 +88,14 @@ def run(**kwargs: Any) -> dict[str, Any]:
     device = select_device(args.device)
     infer = inference_config(args.slide, args.overlap, args.slide_scale, args.tta, args.tta_scales, args.no_flip,
                              args.batch_size)
-    backend = load_backend(args.weights, device, amp=args.half)
+    # --data first: its names stand in for those of an ONNX file exported elsewhere, without our metadata
+    data = load_data_config(args.data) if args.data else None
+    backend = load_backend(args.weights, device, names=data.names if data else None, amp=args.half)
     meta = backend.meta
-    data_arg = args.data or meta.get("data")
-    if not data_arg:
-        raise UserError("--data is required: the weights do not record their dataset")
-    data = load_data_config(data_arg)
+    if data is None:
+        if not meta.get("data"):
+            raise UserError("--data is required: the weights do not record their dataset")
+        data = load_data_config(meta["data"])
     if data.nc != meta["nc"]:
         raise UserError(f"{args.weights}: model has {meta['nc']} classes but {data.yaml_file} has {data.nc}")
     fixed = tuple(backend.fixed_size) if backend.fixed_size else None

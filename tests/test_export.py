@@ -124,6 +124,38 @@ def test_onnx_without_metadata_needs_names(setup, tmp_path):
     assert be.nc == 3 and be.names == ["a", "b", "c"]
     with pytest.raises(UserError, match="3 classes but 2 names"):
         OnnxBackend(src, names=["a", "b"])
+    # val.py: --data supplies the names of a bare file (and scores it like the .pt); without it, one line
+    a = val.run(weights=str(weights), data=str(data), project=str(tmp_path), name="pt", workers=0)
+    b = val.run(weights=str(bare), data=str(data), project=str(tmp_path), name="bare", workers=0)
+    assert abs(a["mIoU"] - b["mIoU"]) <= 1e-3 and list(b["per_class"]) == ["c0", "c1", "c2"]
+    with pytest.raises(UserError, match="pass --data"):
+        val.run(weights=str(bare), project=str(tmp_path), name="nodata", workers=0)
+
+
+def test_argmax_graph_refuses_blending_and_confidence(setup, tmp_path, capsys):
+    """An --argmax graph has class ids, not logits: --slide, --tta (val and predict) and --save-conf are
+    refused in one line with nothing written, instead of averaging one-hot votes or saving 1.0 everywhere."""
+    from segment import predict
+
+    tmp, data, weights = setup
+    am = tmp_path / "am.onnx"
+    export.main(["--weights", str(weights), "--argmax", "--dynamic", "--output", str(am)])
+    img = sorted((data.parent / "images" / "val").iterdir())[0]
+    runs = tmp_path / "runs"
+    for entry, argv, text in [
+        (val.main, ["--weights", str(am), "--tta", "--project", str(runs)], "--tta: this ONNX graph was exported with --argmax"),
+        (val.main, ["--weights", str(am), "--slide", "32", "32", "--project", str(runs)], "--slide: this ONNX graph"),
+        (predict.main, ["--weights", str(am), "--source", str(img), "--tta", "--project", str(runs)], "--tta: this ONNX"),
+        (predict.main, ["--weights", str(am), "--source", str(img), "--save-conf", "--project", str(runs)],
+         "--save-conf: this ONNX graph was exported with --argmax"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            entry(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and text in err and "Traceback" not in err, err
+    assert not runs.exists()
+    out = predict.run(weights=str(am), source=str(img), project=str(runs), name="plain")  # whole-image masks work
+    assert (runs / "plain" / "masks" / (img.stem + ".png")).is_file() and out["images"] == 1
 
 
 def test_dcn_needs_opset_19(capsys):
