@@ -230,6 +230,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
 
     label = a.label or f"{a.minutes:g} min, seed {a.seed}"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")  # a run folder name the trainer accepts
+    commit = _commit()  # before training: commits made while it runs are not the code that trained
     run, wall, peak = train(a, extra, name)
     best = run / "weights" / "best.pt"
     test = val.run(weights=best, data=a.data, split="test", img_size=[360, 480], project=str(run / "test"),
@@ -241,7 +242,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         "test_mIoU": test["mIoU"], "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
         **training_figures(run), "wall_s": wall, "peak_rss_gib": peak,
         **latencies(best, a.threads, onnx=not a.no_onnx),
-        "machine": machine_line(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": _commit(),
+        "machine": machine_line(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": commit,
     }
     row.setdefault("ort_ms", None)
     if a.picture:
