@@ -174,12 +174,6 @@ def _commit() -> str:
         return "unknown"
 
 
-def machine_line() -> str:
-    from segment.benchmark import machine
-
-    return machine()
-
-
 def format_tables(rows: dict[str, dict[str, Any]]) -> str:
     """The Markdown between the markers: the budget table, per-class test IoU, and the ablations."""
     if not rows:
@@ -227,6 +221,7 @@ def merge(store: Path, out: Path, row: dict[str, Any]) -> dict[str, dict[str, An
 def _main(argv: list[str] | None) -> dict[str, Any]:
     a, extra = parse_args(argv)
     from segment import val
+    from segment.benchmark import machine
 
     label = a.label or f"{a.minutes:g} min, seed {a.seed}"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")  # a run folder name the trainer accepts
@@ -242,7 +237,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         "test_mIoU": test["mIoU"], "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
         **training_figures(run), "wall_s": wall, "peak_rss_gib": peak,
         **latencies(best, a.threads, onnx=not a.no_onnx),
-        "machine": machine_line(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": commit,
+        "machine": machine(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": commit,
     }
     row.setdefault("ort_ms", None)
     if a.picture:

@@ -41,13 +41,13 @@ def parse_kv(text: str | dict[str, Any] | None, flag: str = "--head-args") -> di
     return out
 
 
-def parse_img_size(values: Sequence[int] | int | None) -> tuple[int, int]:
-    """--img-size H [W]: one value is square, two are height and width."""
+def parse_img_size(values: Sequence[int] | int | None, flag: str = "--img-size") -> tuple[int, int]:
+    """--img-size H [W] (or another size flag): one value is square, two are height and width."""
     if values is None:
-        raise UserError("--img-size is required")
+        raise UserError(f"{flag} is required")
     vals = [values] if isinstance(values, int) else list(values)
     if len(vals) not in (1, 2) or any(int(v) < 8 for v in vals):
-        raise UserError(f"--img-size {' '.join(map(str, vals))}: give H or H W, each at least 8 pixels")
+        raise UserError(f"{flag} {' '.join(map(str, vals))}: give H or H W, each at least 8 pixels")
     return (int(vals[0]), int(vals[-1]))
 
 
@@ -55,10 +55,7 @@ def parse_crop(values: Sequence[int] | int | None, img_size: tuple[int, int]) ->
     """--crop H [W]: a training crop no larger than --img-size; None (or the image size) means no crop."""
     if values is None:
         return None
-    vals = [values] if isinstance(values, int) else list(values)
-    if len(vals) not in (1, 2) or any(int(v) < 8 for v in vals):
-        raise UserError(f"--crop {' '.join(map(str, vals))}: give H or H W, each at least 8 pixels")
-    crop = (int(vals[0]), int(vals[-1]))
+    crop = parse_img_size(values, "--crop")
     if crop[0] > img_size[0] or crop[1] > img_size[1]:
         raise UserError(f"--crop {crop[0]} {crop[1]}: larger than --img-size {img_size[0]} {img_size[1]}; "
                         f"the crop is cut from the image at that size (raise --img-size or lower --crop)")
