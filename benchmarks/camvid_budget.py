@@ -38,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "unet-lite/yolo8-seg/camvid_yolov8n.py"
 START, END = "<!-- camvid-budget:start -->", "<!-- camvid-budget:end -->"
+GROUPS = ("budget", "ablation", "heads")  # the order of the rows in the tables
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
@@ -53,7 +54,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--recipe", default=RECIPE, help="the training script (a unet-lite/ recipe)")
     p.add_argument("--data", default="data/camvid.yaml")
     p.add_argument("--label", default=None, help="row name (default: '<minutes> min, seed <seed>')")
-    p.add_argument("--group", default="budget", choices=["budget", "ablation"])
+    p.add_argument("--group", default="budget", choices=list(GROUPS),
+                   help="budget: the recipe as shipped; ablation: one change; heads: a head on the same budget")
     p.add_argument("--project", default="runs/camvid-budget")
     p.add_argument("--out", default="BENCHMARKS.md")
     p.add_argument("--store", default="benchmarks/results/camvid_budget.json")
@@ -175,19 +177,35 @@ def _commit() -> str:
 
 
 def format_tables(rows: dict[str, dict[str, Any]]) -> str:
-    """The Markdown between the markers: the budget table, per-class test IoU, and the ablations."""
+    """The Markdown between the markers: the budget and ablation table, the heads table, per-class test IoU."""
     if not rows:
         return ""
-    ordered = sorted(rows.values(), key=lambda r: (r["group"] != "budget", r["minutes"], r["seed"], r["label"]))
+    ordered = sorted(rows.values(), key=lambda r: (GROUPS.index(r["group"]), r["minutes"], r["seed"], r["label"]))
     names = list(ordered[0]["per_class"])
-    out = ["| run | budget (min) | seed | test mIoU | val mIoU | epochs | train img/s | wall (min) | "
-           "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date, commit |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in ordered:
-        ort = f"{r['ort_ms']:.1f}" if r.get("ort_ms") is not None else "-"
-        out.append(f"| {r['label']} | {r['minutes']:g} | {r['seed']} | **{100 * r['test_mIoU']:.1f}** | "
-                   f"{100 * r['val_mIoU']:.1f} | {r['epochs']} | {r['img_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
-                   f"{r['torch_ms']:.1f} | {ort} | {r['peak_rss_gib']:.2f} | {r['date']}, {r.get('commit', '?')} |")
+    runs = [r for r in ordered if r["group"] != "heads"]
+    heads = [r for r in ordered if r["group"] == "heads"]
+    out: list[str] = []
+    if runs:
+        out += ["| run | budget (min) | seed | test mIoU | val mIoU | epochs | train img/s | wall (min) | "
+                "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date, commit |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in runs:
+            out.append(f"| {r['label']} | {r['minutes']:g} | {r['seed']} | **{100 * r['test_mIoU']:.1f}** | "
+                       f"{100 * r['val_mIoU']:.1f} | {r['epochs']} | {r['img_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
+                       f"{r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | "
+                       f"{r['date']}, {r.get('commit', '?')} |")
+    if heads:
+        out += [""] if out else []
+        out += ["Heads at one budget (benchmarks/camvid_heads.py: the recipe with only `--head` "
+                "changed; params and GFLOPs at 360x480):", "",
+                "| run | params (M) | GFLOPs | test mIoU | val mIoU | epochs | train img/s | PyTorch ms/img | "
+                "ORT ms/img | peak RSS (GiB) | date, commit |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in heads:
+            out.append(f"| {r['label']} | {r.get('params', float('nan')) / 1e6:.2f} | {r.get('gflops', float('nan')):.2f} | "
+                       f"**{100 * r['test_mIoU']:.1f}** | {100 * r['val_mIoU']:.1f} | {r['epochs']} | "
+                       f"{r['img_per_s']:.1f} | {r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | "
+                       f"{r['date']}, {r.get('commit', '?')} |")
     out += ["", "Test IoU per class (%):", "",
             "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for r in ordered:
@@ -197,6 +215,10 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
     machines = sorted({r["machine"] for r in ordered})
     out += ["", "Machine: " + "; ".join(machines) + "."]
     return "\n".join(out)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def merge(store: Path, out: Path, row: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -234,6 +256,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         "label": label, "group": a.group, "minutes": a.minutes, "seed": a.seed,
         "command": " ".join(["python", a.recipe, "--data", a.data, "--time", f"{a.minutes / 60:.6g}",
                              "--seed", str(a.seed), *extra]),
+        "params": test["params"], "gflops": test["gflops"],
         "test_mIoU": test["mIoU"], "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
         **training_figures(run), "wall_s": wall, "peak_rss_gib": peak,
         **latencies(best, a.threads, onnx=not a.no_onnx),

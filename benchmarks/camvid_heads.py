@@ -1,56 +1,57 @@
 """CamVid comparison of the heads on one backbone at one training budget: test mIoU per head.
 
-Every head is trained by the same engine (segment/train.py's ``run``) with identical flags - same backbone,
-epochs (or ``--time`` hours where the trainer has it), image size, batch, seed - then scored by segment/val.py
-on the test split. Writes a Markdown table and a JSON file.
+Each head is one call of benchmarks/camvid_budget.py (group ``heads``): the CamVid recipe (yolov8n graph,
+the same crop, loss, LR, batch, seed) under the same ``--minutes`` of wall time, with only ``--head``
+changed, then scored on test at 360x480. The rows land in benchmarks/results/camvid_budget.json and the
+table of BENCHMARKS.md beside the budget runs, so heads can be added one at a time.
 
 Usage:
-    python benchmarks/camvid_heads.py --epochs 60 --weights pretrained                  # the full comparison
-    python benchmarks/camvid_heads.py --heads lraspp,ocr --epochs 1 --img-size 64 --subset 16   # smoke test
+    python benchmarks/camvid_heads.py --minutes 6                                        # every default head
+    python benchmarks/camvid_heads.py --minutes 6 --heads graph,lraspp -- --cfg models/yolo11n_seg.yaml
+    python benchmarks/camvid_heads.py --minutes 0.25 --heads graph,lraspp --subset 16 -- --img-size 96 128 --crop 64 96
 
+``graph`` is the graph's own head (no ``--head`` flag); ``unet@attention=scse`` passes head options.
 ``--subset N`` trains/validates/tests on the first N images of each split (a folder of links under
---project; the dataset itself is never touched).
+--project; the dataset itself is never touched). Flags after ``--`` go to the recipe, as in camvid_budget.py.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segment.common import cli_entry, parse_kv, setup_runtime
+from segment.common import cli_entry, setup_runtime
 from utils.dataconfig import load_data_config
 from utils.errors import UserError
 from utils.yamlio import dump_yaml
 
-DEFAULT_HEADS = ("segment,unet,unet@attention=scse,unet@attention=cbam,yolov5,yolov5@attention=cbam,lraspp,"
-                 "deeplabv3plus,ocr")
+DEFAULT_HEADS = "graph,segment,unet,unet@attention=scse,yolov5,lraspp,ocr,deeplabv3plus"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The script's flags."""
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """The script's flags, and the flags after ``--`` that go to every head's recipe run."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="data/camvid.yaml")
-    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--minutes", type=float, required=True, help="training budget per head (the recipe's --time)")
     p.add_argument("--heads", default=DEFAULT_HEADS, help="comma-separated; options after @ (unet@attention=scse)")
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--time", type=float, default=None, help="training budget in hours per head (instead of --epochs)")
-    p.add_argument("--img-size", type=int, nargs="+", default=[360, 480])
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--weights", default="pretrained", help="none | pretrained")
-    p.add_argument("--loss", default="ce+dice")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="data/camvid.yaml")
     p.add_argument("--subset", type=int, default=0, help="use the first N images of each split (smoke tests)")
     p.add_argument("--project", default="runs/camvid-heads")
+    p.add_argument("--out", default="BENCHMARKS.md")
+    p.add_argument("--store", default="benchmarks/results/camvid_budget.json")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime latency")
     p.add_argument("--verbose", action="store_true")
-    return p.parse_args(argv)
+    return p.parse_args(argv), extra
 
 
 def subset_yaml(data_yaml: str, n: int, where: Path) -> str:
@@ -80,53 +81,40 @@ def subset_yaml(data_yaml: str, n: int, where: Path) -> str:
     return str(out)
 
 
-def _main(argv: list[str] | None) -> list[dict[str, Any]]:
-    a = parse_args(argv)
-    setup_runtime()
-    from segment import train, val
+def head_flags(spec: str) -> list[str]:
+    """'unet@attention=scse' -> the recipe flags that choose it; 'graph' keeps the graph's own head."""
     from models import HEADS
 
+    name, _, opts = spec.partition("@")
+    if name == "graph":
+        if opts:
+            raise UserError(f"--heads: '{spec}': the graph's own head takes no options")
+        return []
+    if name not in HEADS:
+        raise UserError(f"--heads: unknown head '{name}'; choose from: graph, {', '.join(HEADS.names())}")
+    return ["--head", name] + (["--head-args", opts] if opts else [])
+
+
+def _main(argv: list[str] | None) -> list[dict[str, Any]]:
+    a, extra = parse_args(argv)
+    from benchmarks import camvid_budget
+
     heads = [h.strip() for h in a.heads.split(",") if h.strip()]
-    for h in heads:
-        if h.split("@")[0] not in HEADS:
-            raise UserError(f"--heads: unknown head '{h}'; choose from: {', '.join(HEADS.names())}")
+    flags = {h: head_flags(h) for h in heads}  # every name checked before the first hour is spent
     project = Path(a.project)
     data = subset_yaml(a.data, a.subset, project) if a.subset else a.data
-    budget: dict[str, Any] = {"epochs": a.epochs}
-    if a.time is not None:
-        if "time" not in vars(train.build_parser().parse_args([])):
-            raise UserError("--time: this trainer has no --time flag yet; use --epochs")
-        budget["time"] = a.time
     rows = []
     for h in heads:
-        name, *opts = h.split("@")
-        label = h.replace("@", "-").replace("=", "")
-        t0 = time.time()
-        summary = train.run(data=data, backbone=a.backbone, head=name, head_args=parse_kv(",".join(opts)) or None,
-                            img_size=list(a.img_size), batch_size=a.batch_size, weights=a.weights, loss=a.loss,
-                            workers=a.workers, device=a.device, seed=0, project=str(project), name=label,
-                            exist_ok=True, **budget)
-        train_s = time.time() - t0
-        best = Path(summary["save_dir"]) / "weights" / "best.pt"
-        res = val.run(weights=str(best), data=data, split="test", img_size=list(a.img_size), workers=a.workers,
-                      device=a.device, project=str(project / "val"), name=label, exist_ok=True)
-        rows.append({"head": h, "backbone": a.backbone, "params": res["params"], "gflops": round(res["gflops"], 2),
-                     "epochs_run": summary.get("epochs_run"), "train_s": round(train_s, 1),
-                     "test_mIoU": round(float(res["mIoU"]), 4)})
-    table = [f"CamVid test mIoU per head: {a.backbone}, {budget}, {a.img_size}, batch {a.batch_size}, "
-             f"weights {a.weights}, loss {a.loss}" + (f", SUBSET of {a.subset} images per split" if a.subset else ""),
-             "", "| head | params (M) | GFLOPs | epochs | train (s) | test mIoU |", "|---|---:|---:|---:|---:|---:|"]
-    table += [f"| {r['head']} | {r['params'] / 1e6:.2f} | {r['gflops']:.2f} | {r['epochs_run']} | {r['train_s']:.0f} | "
-              f"{r['test_mIoU']:.4f} |" for r in rows]
-    print("\n".join(table))
-    project.mkdir(parents=True, exist_ok=True)
-    (project / "camvid_heads.md").write_text("\n".join(table) + "\n")
-    (project / "camvid_heads.json").write_text(json.dumps(rows, indent=2) + "\n")
+        argv_h = ["--minutes", f"{a.minutes:g}", "--seed", str(a.seed), "--data", data, "--group", "heads",
+                  "--label", f"{a.minutes:g} min, head {h}", "--project", str(project), "--out", a.out,
+                  "--store", a.store, *(["--no-onnx"] if a.no_onnx else []), "--", *flags[h], *extra]
+        rows.append(camvid_budget._main(argv_h))
     return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Command-line entry (one-line errors)."""
+    setup_runtime()
     return cli_entry(_main, argv)
 
 

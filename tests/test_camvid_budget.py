@@ -59,3 +59,22 @@ def test_recipe_runs_under_a_tiny_budget_and_the_script_writes_its_row(tmp_path,
     assert row["wall_s"] < 15 + 60 and row["peak_rss_gib"] > 0.1 and row["torch_ms"] > 0
     assert "--crop 64 96" in row["command"] and (tmp_path / "p.jpg").stat().st_size > 1000
     assert "| 0.25 min, seed 0 | 0.25 | 0 |" in out.read_text()
+
+
+def test_heads_rows_get_their_own_table_and_head_specs_become_recipe_flags(tmp_path):
+    from benchmarks.camvid_heads import head_flags
+    from utils.errors import UserError
+
+    store, out = tmp_path / "rows.json", tmp_path / "BENCHMARKS.md"
+    camvid_budget.merge(store, out, _row("15 min, seed 0", 15, 0.45))
+    camvid_budget.merge(store, out, {**_row("6 min, head ocr", 6, 0.3125), "group": "heads", "params": 2_670_000,
+                                     "gflops": 9.06})
+    table = out.read_text().split(camvid_budget.START)[1].split(camvid_budget.END)[0]
+    runs, heads = table.split("Heads at one budget")
+    assert "6 min, head ocr" not in runs.split("Test IoU")[0]
+    assert "| 6 min, head ocr | 2.67 | 9.06 | **31.2** | 60.0 | 12 | 9.5 | 14.0 | - | 1.50 | 2026-12-02, ? |" in heads
+    assert head_flags("graph") == [] and head_flags("lraspp") == ["--head", "lraspp"]
+    assert head_flags("unet@attention=scse") == ["--head", "unet", "--head-args", "attention=scse"]
+    for bad in ("nohead", "graph@width=3"):
+        with pytest.raises(UserError):
+            head_flags(bad)
