@@ -84,7 +84,8 @@ def build_checkpoint(data: DataConfig, args: argparse.Namespace, model_cfg: dict
         "data": str(args.data),
         "dataset": data_identity,  # which files were trained on: --resume refuses another dataset
         "epoch": epoch + 1,
-        "metrics": {k: v for k, v in (metrics or {}).items() if k != "per_class"},
+        "metrics": {**{k: v for k, v in (metrics or {}).items() if k != "per_class"},
+                    "class_iou": {n: c["iou"] for n, c in (metrics or {}).get("per_class", {}).items()}},
         "finished": False,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "args": plain_args(vars(args)),

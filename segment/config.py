@@ -59,6 +59,12 @@ HEAD_ARGS: dict[str, _Check] = {
     "depth": _int_at_least(1),
     "min_stride": _int_at_least(1),
     "dropout": _num(0, 1, hi_open=True),
+    "key_width": _int_at_least(1),  # ocr
+    "aux_weight": _num(0),  # ocr's own deep supervision
+    "low_width": _int_at_least(1),  # deeplabv3plus
+    "low_stride": _int_at_least(1),  # deeplabv3plus, lraspp
+    "output_stride": _int_at_least(1),  # deeplabv3plus; the backbone says which strides it can dilate to
+    "stride": _int_at_least(1),  # aux
 }
 
 
@@ -148,6 +154,8 @@ def resolve_defaults(args: argparse.Namespace) -> None:
         args.lr0 = 0.01 if args.optimizer == "sgd" else 1e-3
     if getattr(args, "weight_decay", 0) is None:
         args.weight_decay = 5e-4 if args.optimizer == "sgd" else 0.01
+    if getattr(args, "amp", True) is False:  # --no-amp is the short form of --precision fp32
+        args.precision = "fp32"
 
 
 def record_model_choices(args: argparse.Namespace, model_cfg: dict[str, Any]) -> None:
@@ -169,6 +177,8 @@ def validate_args(args: argparse.Namespace, resuming: bool = False, explicit: se
     from utils.losses import parse_loss_spec
 
     check_numeric(args)
+    if getattr(args, "amp", True) is False and getattr(args, "precision", "fp32") not in ("fp32", "auto"):
+        raise UserError(f"--no-amp and --precision {args.precision}: --no-amp means fp32; give one of them")
     if not resuming:
         check_model_flags(args, explicit)
     parse_loss_spec(args.loss)

@@ -3,8 +3,8 @@
 val.py, the trainer's validation (segment/evaluate.py), predict.py and the ONNX backend all go through
 the functions here, so there is exactly one copy of pre- and post-processing:
 
-* ``read_image`` / ``prepare``: the training decoder (OpenCV, EXIF orientation applied, to RGB) and the
-  evaluation resize (``utils.augment.val_transform``) to the model size;
+* ``read_image`` / ``prepare``: the training decoder (utils/imageio.py: EXIF orientation applied, to
+  RGB) and the evaluation resize (``utils.augment.val_transform``) to the model size;
 * ``infer_members``: forward passes of a backend, one per TTA member (scale x flip), each optionally
   by sliding window, each returning logits at the size of its input;
 * ``combine``: members resized to an output size; one plain member stays logits, several (TTA) become

@@ -38,15 +38,15 @@ def optional_output(what: str, write: Callable[[], Any], log: Callable[[str], No
 class RunLogger:
     """Writes the run folder's logs (rank 0 only; a disabled logger does nothing)."""
 
-    def __init__(self, save_dir: Path, data: DataConfig, enabled: bool = True, resume_epoch: int | None = None) -> None:
+    def __init__(self, save_dir: Path, data: DataConfig, enabled: bool = True, purge_step: int | None = None) -> None:
         self.save_dir, self.data, self.enabled = Path(save_dir), data, enabled
         self.palette = data.palette or default_palette(data.nc)
         self.tb = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events a killed run wrote after its last checkpoint (no duplicated epochs)
-            self.tb = SummaryWriter(str(self.save_dir), purge_step=None if resume_epoch is None else resume_epoch + 1)
+            # purge_step drops the events a killed run wrote after its last checkpoint (no duplicated epochs)
+            self.tb = SummaryWriter(str(self.save_dir), purge_step=purge_step)
 
     def write_args(self, args: dict[str, Any]) -> None:
         plain = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in args.items()}
@@ -65,12 +65,7 @@ class RunLogger:
         self.write_results(rows)
         row = rows[-1]
         step = int(row["epoch"])
-        for k, v in row.items():
-            if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
-                self.tb.add_scalar(k, v, step)
-        for name, c in res.metrics["per_class"].items():
-            if math.isfinite(c["iou"]):
-                self.tb.add_scalar(f"val_iou/{name}", c["iou"], step)
+        self._scalars(row, {name: c["iou"] for name, c in res.metrics["per_class"].items()})
         if res.examples:
             images = torch.stack([e[0] for e in res.examples])
             grid = self._grid(images, [e[1] for e in res.examples], [e[2] for e in res.examples])
@@ -79,6 +74,24 @@ class RunLogger:
             images, masks, preds = train_batch
             grid = self._grid(images, list(masks), list(preds))
             self.tb.add_image("train/input|truth|prediction", grid, step, dataformats="HWC")
+        self.tb.flush()
+
+    def _scalars(self, row: dict[str, float], class_iou: dict[str, float]) -> None:
+        step = int(row["epoch"])
+        for k, v in row.items():
+            if k != "epoch" and isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
+        for name, iou in class_iou.items():
+            if isinstance(iou, (int, float)) and math.isfinite(iou):
+                self.tb.add_scalar(f"val_iou/{name}", iou, step)
+
+    def relog(self, rows: list[dict[str, float]], class_iou: dict[str, float]) -> None:
+        """On resume: results.csv and the scalars of the last checkpointed epoch, which a kill between its
+        checkpoint and its logs may have left unwritten (the SummaryWriter purged whatever was there)."""
+        if not self.enabled or not rows:
+            return
+        self.write_results(rows)
+        self._scalars(rows[-1], class_iou)
         self.tb.flush()
 
     def write_results(self, rows: list[dict[str, float]]) -> None:

@@ -60,8 +60,10 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--cos-lr", action="store_true", help="cosine LR decay (default: poly 0.9)")
     g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm (0 = no clipping)")
     g.add_argument("--no-ema", dest="ema", action="store_false", help="validate/save raw weights, not their EMA")
-    g.add_argument("--no-amp", dest="amp", action="store_false",
-                   help="train in fp32 (default: fp16 autocast on CUDA, bf16 on CPUs with native bf16)")
+    g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto: fp16 autocast on CUDA; bf16 on CPUs with native bf16 where it is faster (not for "
+                        "depthwise-conv models or inputs under 128x128 pixels), else fp32")
+    g.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32 (= --precision fp32)")
     g.add_argument("--nan-patience", type=int, default=10, help="stop after this many non-finite steps in a row")
     g = p.add_argument_group("run")
     g.add_argument("--project", default="runs/train")

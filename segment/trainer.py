@@ -164,7 +164,8 @@ class Trainer:
             self.lr_progress = None
             factor = lr_lambda(a.epochs * ipe, round(a.warmup_epochs * ipe), a.lrf, a.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        self.amp_dtype, amp_msg = autocast_dtype(self.device, a.amp)
+        pixels = math.prod(a.crop or a.img_size)  # what one training step sees per image
+        self.amp_dtype, amp_msg = autocast_dtype(self.device, a.precision, unwrap(self.model), pixels)
         self.log(amp_msg)
         self.amp = self.amp_dtype is not None
         # bf16 has fp32's exponent range: only fp16 needs loss scaling
@@ -189,10 +190,18 @@ class Trainer:
             if self.device.type == "cuda" and a.sync_bn:  # CPU (gloo) has no SyncBatchNorm
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.logger = RunLogger(self.save_dir, self.data, enabled=self.main,
-                                resume_epoch=self.state.next_epoch if self.resume_ckpt is not None else None)
+        # An epoch's checkpoint is written before its logs, so resuming from an epoch-end last.pt re-logs that
+        # epoch (a kill may have come between the two); its TensorBoard events are purged and its scalars
+        # written again (image grids are not kept). A mid-epoch last.pt comes after the last epoch's logs.
+        st = self.state
+        relog = self.resume_ckpt is not None and st.next_step == 0 and bool(st.rows)
+        purge = None if self.resume_ckpt is None else st.next_epoch + (0 if relog else 1)
+        self.logger = RunLogger(self.save_dir, self.data, enabled=self.main, purge_step=purge)
         if self.main:
             self.logger.write_args(vars(a))
+            if relog:
+                optional_output("TensorBoard/results.csv", lambda: self.logger.relog(
+                    st.rows, (self.resume_ckpt.get("metrics") or {}).get("class_iou", {})), self.log)
 
     def _read_initial_weights(self) -> dict[str, torch.Tensor] | None:
         w = self.args.weights
@@ -437,13 +446,13 @@ class Trainer:
             if st.time_up:
                 self.log(f"Time budget of {a.time:g} h reached after epoch {epoch + 1}")
         if self.main:
+            self._save(epoch, best=improved, metrics=res.metrics)  # first: the epoch is safe before any extra
             # optional outputs: a failure is a warning, never the loss of the epoch just trained
             optional_output("TensorBoard/results.csv", lambda: self.logger.log_epoch(st.rows, res, self._train_grid_batch(epoch)),
                             self.log)
             self.log(f"epoch {epoch + 1}/{a.epochs}: loss {row.get('train/loss', float('nan')):.4f}  "
                      f"val mIoU {fitness:.4f}  best {st.best_fitness:.4f} (epoch {st.best_epoch})  "
                      f"{row['train/img_per_s']:.1f} img/s, data wait {100 * row['train/data_wait']:.0f}%")
-            self._save(epoch, best=improved, metrics=res.metrics)
         if self.budget is not None:
             self.budget.note_epoch_end(time.perf_counter() - t0)
         if st.stopped_early:

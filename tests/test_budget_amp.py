@@ -1,5 +1,5 @@
 """--time (a wall-clock budget that the LR schedule runs over, kept across resumes) and mixed precision
-(bf16 autocast on CPUs with native bf16, fp32 elsewhere or with --no-amp)."""
+(--precision auto: bf16 autocast on CPUs with native bf16 where it is faster, fp32 elsewhere or with --no-amp)."""
 from __future__ import annotations
 
 import math
@@ -108,33 +108,62 @@ def test_resumed_time_run_keeps_the_remaining_budget(tiny_data, tmp_path):
 
 
 def test_autocast_choice(monkeypatch):
+    """auto = bf16 only where it was measured faster on this CPU: dense convolutions at >= 128x128 pixels."""
+    from torch import nn
+
+    from utils.errors import UserError
+
     cpu = torch.device("cpu")
+    dense = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 16, 1))
+    depthwise = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 16, 1))
+    assert torch_utils.depthwise_share(dense) == 0 and torch_utils.depthwise_share(depthwise) == 1 / 3
+    # the zoo's MobileNet (measured 0.80x in bf16) is caught by the depthwise rule, the dense models are not
+    from models.model import build_model, model_config
+
+    mnv3 = build_model(model_config(3, backbone="mobilenet_v3_large", head="segment"))
+    assert torch_utils.depthwise_share(mnv3) >= torch_utils.BF16_MAX_DEPTHWISE_SHARE
     monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
-    assert torch_utils.autocast_dtype(cpu, True)[0] is torch.bfloat16
-    assert torch_utils.autocast_dtype(cpu, False) == (None, "Mixed precision off (--no-amp): training in fp32")
+    choose = torch_utils.autocast_dtype
+    assert choose(cpu, "auto", dense, 288 * 384)[0] is torch.bfloat16
+    assert choose(cpu, "auto", dense, 128 * 128)[0] is torch.bfloat16  # the threshold itself is bf16
+    dtype, msg = choose(cpu, "auto", dense, 96 * 96)
+    assert dtype is None and "9216 px per training image is below 16384" in msg
+    dtype, msg = choose(cpu, "auto", depthwise, 288 * 384)
+    assert dtype is None and "33% of this model's convolutions are depthwise" in msg
+    assert choose(cpu, "bf16", depthwise, 32 * 32)[0] is torch.bfloat16  # forced: the user's choice wins
+    assert choose(cpu, "fp32", dense, 288 * 384) == (None, "Precision: fp32 (--precision fp32 / --no-amp)")
+    with pytest.raises(UserError, match="fp16 autocast needs a CUDA device"):
+        choose(cpu, "fp16", dense, 288 * 384)
+    assert choose(torch.device("cuda"), "auto", depthwise, 32 * 32)[0] is torch.float16
     monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: False)
-    dtype, msg = torch_utils.autocast_dtype(cpu, True)
+    dtype, msg = choose(cpu, "auto", dense, 288 * 384)
     assert dtype is None and "no native bf16" in msg
-    assert torch_utils.autocast_dtype(torch.device("cuda"), True)[0] is torch.float16
+    assert "emulated and slow" in choose(cpu, "bf16", dense, 288 * 384)[1]
 
 
-@pytest.mark.parametrize("amp", [True, False])
-def test_training_precision_follows_the_flag(tiny_data, tmp_path, monkeypatch, amp):
-    """With amp on a bf16 CPU the forward runs in bf16 (the logits come out bf16), with --no-amp in fp32;
-    validation always scores in fp32 on CPU."""
+@pytest.mark.parametrize("over, lift, expect", [
+    ({}, False, torch.float32),  # auto: TINY is a depthwise MobileNet at 32x48 (either rule says fp32)
+    ({}, True, torch.bfloat16),  # auto where the depthwise and size rules allow bf16
+    ({"amp": False}, True, torch.float32),  # --no-amp wins
+    ({"precision": "bf16"}, False, torch.bfloat16)])  # forced
+def test_training_precision_follows_the_flag(tiny_data, tmp_path, monkeypatch, over, lift, expect):
+    """On a bf16 CPU the training forward runs in the chosen dtype (the logits come out in it); validation
+    always scores in fp32 on CPU."""
     from segment.trainer import Trainer
 
     monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
+    if lift:
+        monkeypatch.setattr(torch_utils, "depthwise_share", lambda model: 0.0)
+        monkeypatch.setattr(torch_utils, "MIN_BF16_PIXELS", 0)
     seen = []
     with one_thread():
         args = train.build_parser().parse_args([])
         for k, v in {**TINY, "epochs": 1, "data": str(tiny_data), "project": str(tmp_path / "runs"),
-                     "workers": 0, "amp": amp}.items():
+                     "workers": 0, **over}.items():
             setattr(args, k, v)
         t = Trainer(args)
         t.model.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
         t.train()
-    train_dtypes = {d for training, d in seen if training}
-    assert train_dtypes == ({torch.bfloat16} if amp else {torch.float32})
+    assert {d for training, d in seen if training} == {expect}
     assert t.scaler.is_enabled() is False  # bf16 needs no loss scaling
     assert math.isfinite(t.state.best_fitness)

@@ -213,7 +213,7 @@ def test_palette_and_labelme_masks_are_checked(tmp_path):
 
 
 def test_exif_rotated_image_must_match_its_mask_as_decoded(tmp_path):
-    """OpenCV (the training decoder) applies EXIF orientation; a mask drawn on the raw pixel grid of a
+    """The training decoder (utils/imageio.py) applies EXIF orientation; a mask drawn on the raw pixel grid of a
     rotated photo would crash augmentation mid-training, so the check reports it."""
     yaml_path = write_dataset(tmp_path / "d", {"train": 2, "val": 1}, hw=HW)
     im = Image.open(tmp_path / "d" / "images" / "train" / "000.png").convert("RGB")
@@ -225,13 +225,23 @@ def test_exif_rotated_image_must_match_its_mask_as_decoded(tmp_path):
                                "EXIF rotation; save the image upright (EXIF orientation 1) or rotate the mask"]
 
 
-def test_binary_masks_with_ignore_255_get_a_warning(tmp_path):
-    """0/255 masks with ignore_index 255 pass the value check but would train on background only."""
-    yaml_path = write_dataset(tmp_path / "d", {"train": 2, "val": 1}, hw=HW, nc=2)
-    for f in (tmp_path / "d" / "masks").rglob("*.png"):
+def test_binary_masks_with_ignore_255_are_refused_and_a_mix_is_warned(tmp_path):
+    """0/255 masks with ignore_index 255 pass the value check but hold no object pixel: an error, since the
+    run would score mIoU 1.0 on class 0 alone. A mix of 0/1 and 0/255 files is a warning naming the count."""
+    yaml_path = write_dataset(tmp_path / "d", {"train": 3, "val": 1}, hw=HW, nc=2)
+    masks = sorted((tmp_path / "d" / "masks" / "train").glob("*.png"))
+    for f in masks[:1]:  # one file of three saved as 0/255
         m = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
         cv2.imwrite(str(f), np.where(m > 0, 255, 0).astype(np.uint8))
     logged: list[str] = []
     preflight(load_data_config(yaml_path), ["train", "val"], log=logged.append)
-    assert len(logged) == 1 and logged[0].startswith("warning: no 'train' mask holds any pixel of classes 1..1")
-    assert "binary masks saved as 0/255" in logged[0]
+    assert len(logged) == 1 and logged[0].startswith("warning: 1 of 3 'train' masks hold only 0 and 255")
+    assert "binary masks saved as 0/255" in logged[0] and "remap 255 -> 1" in logged[0]
+    for f in masks[1:]:  # now every file
+        m = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(f), np.where(m > 0, 255, 0).astype(np.uint8))
+    with pytest.raises(UserError) as e:
+        preflight(load_data_config(yaml_path), ["train", "val"], skip_bad=True, log=logged.append)
+    msg = str(e.value)
+    assert "no 'train' mask holds any pixel of classes 1..1" in msg and "would score mIoU 1.0" in msg
+    assert "remap 255 -> 1" in msg and "empty or missing split" not in msg

@@ -63,6 +63,17 @@ def test_nc_1_is_refused_with_the_binary_fix(tmp_path, capsys):
     refused(flags(data=y, project=tmp_path / "runs", **RUN), capsys, tmp_path / "runs", "nc: 1 is refused")
 
 
+def test_binary_0_255_masks_with_nc_2_are_refused_not_scored_one(tmp_path, capsys):
+    """The recommended nc: 2 with masks saved as 0/255 and the default ignore_index 255: every object pixel
+    is ignored, so a run would report mIoU 1.0 from class 0 alone. Refused from the CLI, with the remap."""
+    y = write_dataset(tmp_path / "bin", {"train": 4, "val": 2}, nc=2)
+    for f in (tmp_path / "bin" / "masks").rglob("*.png"):
+        cv2.imwrite(str(f), np.where(cv2.imread(str(f), cv2.IMREAD_UNCHANGED) > 0, 255, 0).astype(np.uint8))
+    code, _, err = cli(train.main, flags(data=y, project=tmp_path / "runs", **RUN), capsys)
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "runs").exists()
+    assert "no 'train' mask holds any pixel of classes 1..1" in err and "remap 255 -> 1" in err
+
+
 # ----------------------------------------------------------------------------- 2. palette-mode colour masks
 def test_palette_mode_masks_are_read_by_colour_when_the_yaml_has_a_palette(tmp_path):
     palette = [[0, 0, 0], [220, 20, 60], [0, 0, 142]]
@@ -93,7 +104,7 @@ def test_palette_mode_masks_are_read_by_colour_when_the_yaml_has_a_palette(tmp_p
 
 
 # ----------------------------------------------------------------------------- 3. symlinks and duplicate stems
-def test_symlinked_folders_are_followed_once_and_duplicate_stems_refused(tmp_path):
+def test_symlinked_folders_are_followed_once_and_duplicate_stems_refused(tmp_path, capsys):
     y = write_dataset(tmp_path / "d", {"train": 8, "val": 1})
     root = tmp_path / "d"
     extra_img, extra_mask = tmp_path / "extra_img", tmp_path / "extra_mask"
@@ -112,6 +123,10 @@ def test_symlinked_folders_are_followed_once_and_duplicate_stems_refused(tmp_pat
     cv2.imwrite(str(root / "images/train/001.jpg"), np.zeros((40, 56, 3), np.uint8))
     with pytest.raises(UserError, match=r"split 'train': 1 image name\(s\) occur more than once.*001\.jpg \+ .*001\.png"):
         data.split_images("train")
+    # from the CLI: the duplicate is named, with no 'empty or missing split' advice that would mislead
+    code, _, err = cli(train.main, flags(data=y, project=tmp_path / "runs", **RUN), capsys)
+    assert code == 2 and "occur more than once" in err and "001.jpg" in err and "Traceback" not in err
+    assert "empty or missing split" not in err and not (tmp_path / "runs").exists()
 
 
 # ----------------------------------------------------------------------------- 4. + 12. one decoder, EXIF rule
@@ -123,7 +138,9 @@ def _jpeg_with_orientation(path: Path, rgb: np.ndarray, orientation: int) -> Non
 
 
 @pytest.mark.parametrize("orientation, op", [(2, np.fliplr), (3, lambda a: np.rot90(a, 2)), (4, np.flipud),
-                                             (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+                                             (5, lambda a: a.transpose(1, 0, 2)), (6, lambda a: np.rot90(a, -1)),
+                                             (7, lambda a: np.rot90(a, 2).transpose(1, 0, 2)),
+                                             (8, lambda a: np.rot90(a, 1))])
 def test_exif_orientation_rule_matches_opencv(tmp_path, orientation, op):
     """The rule is 'EXIF applied' (as viewers, labelme and OpenCV show the image): a flat-colour-quadrant
     image survives JPEG so the transform is checked exactly against numpy."""
@@ -168,15 +185,21 @@ def test_what_passes_the_check_trains_tiff_float_16bit_and_exif(tmp_path):
         (root / f"images/train/00{i}.png").unlink()
     Image.fromarray(np.full((40, 56), 0.5, np.float32), "F").save(root / "images/train/000.tif")
     Image.fromarray(np.full((40, 56), 65535, np.uint16)).save(root / "images/train/001.tif")
-    rot = Image.fromarray(np.zeros((56, 40, 3), np.uint8))  # stored 56x40, shown 40x56 after orientation 6
-    rot.save(root / "images/train/002.tif", tiffinfo={0x0112: 6})
+    stored = np.zeros((56, 40, 3), np.uint8)  # stored 56x40, shown 40x56 after orientation 6 (90 deg clockwise)
+    stored[0:5, 0:3] = 200  # a mark in the stored top-left corner: shown top-right
+    Image.fromarray(stored).save(root / "images/train/002.tif", tiffinfo={0x0112: 6})
     data = load_data_config(y)
     r = check_split(data, "train", use_cache=False)
     assert len(r.problems) == 1 and r.problems[0].startswith("images/train/000.tif: image does not decode "
                                                              "(floating-point image (mode F)")
     assert [p.name for p, _ in r.items] == ["001.tif", "002.tif"] and r.exif_oriented == 1
     ds = SegDataset(r.items, data.mask_spec, val_transform((40, 56)), train=False)
-    assert decode_image(root / "images/train/001.tif").max() == 255
+    upright = np.rot90(stored, -1)
+    assert upright.shape == (40, 56, 3) and upright[0:3, 51:56].min() == 200
+    img16, _ = ds._decode(0)  # the dataset's own decode, before any resize
+    img_rot, _ = ds._decode(1)
+    assert img16.shape == (40, 56, 3) and (img16 == 255).all()
+    assert np.array_equal(img_rot, upright) and np.array_equal(img_rot, decode_image(root / "images/train/002.tif"))
     assert all(tuple(ds[i][0].shape) == (3, 40, 56) for i in range(2))
 
 
@@ -196,26 +219,30 @@ def test_nonsense_loss_and_class_weights_are_refused(tiny_data, tmp_path, capsys
     refused(flags(data=tiny_data, project=tmp_path / "runs", **{**RUN, **over}), capsys, tmp_path / "runs", expect)
 
 
-def test_plain_torchvision_state_dict_is_mapped_and_zero_matches_is_an_error(tiny_data, tmp_path, capsys):
+@pytest.mark.parametrize("backbone, first, mine_key", [("mobilenet_v3_small", "features.0.0.weight", "body.0.0.weight"),
+                                                      ("resnet18", "conv1.weight", "body.conv1.weight")])
+def test_plain_torchvision_state_dict_is_mapped_and_zero_matches_is_an_error(tiny_data, tmp_path, capsys, backbone,
+                                                                             first, mine_key):
     import torchvision
 
     from segment.trainer import Trainer
 
-    tv = torchvision.models.mobilenet_v3_small(weights=None)
-    torch.nn.init.normal_(tv.features[0][0].weight)
-    torch.save(tv.state_dict(), tmp_path / "mnv3.pth")  # the file torchvision users have
-    args = train.build_parser().parse_args(flags(data=tiny_data, project=tmp_path / "runs", weights=tmp_path / "mnv3.pth",
-                                                 **RUN))
+    tv = getattr(torchvision.models, backbone)(weights=None)
+    torch.nn.init.normal_(tv.get_parameter(first))
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")  # the file torchvision users have (e.g. resnet18-f37072fd.pth)
+    args = train.build_parser().parse_args(flags(data=tiny_data, project=tmp_path / "runs", weights=tmp_path / "tv.pth",
+                                                 **{**RUN, "backbone": backbone}))
     tr = Trainer(args)
     out = capsys.readouterr().out
     mine = tr.model.backbone.state_dict()
     assert "(torchvision names mapped to the backbone)" in out
-    assert torch.equal(mine["body.0.0.weight"], tv.features[0][0].weight)
+    assert torch.equal(mine[mine_key], tv.get_parameter(first))
     n = len(mine)
     assert f"Transferred {n}/" in out and n > 100  # every backbone tensor, none of the head's
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
-    refused(flags(data=tiny_data, project=tmp_path / "r2", weights=tmp_path / "other.pt", **RUN), capsys,
-            tmp_path / "r2", "no tensor matches mobilenet_v3_small+unet by name and shape")
+    refused(flags(data=tiny_data, project=tmp_path / "r2", weights=tmp_path / "other.pt", **{**RUN, "backbone": backbone}),
+            capsys,
+            tmp_path / "r2", f"no tensor matches {backbone}+unet by name and shape")
 
 
 # ----------------------------------------------------------------------------- 6. + 11. + 14. + 16. flags
@@ -239,10 +266,22 @@ def test_plain_torchvision_state_dict_is_mapped_and_zero_matches_is_an_error(tin
     (dict(head_args="width=-5"), "--head-args width=-5: must be an integer >= 1"),
     (dict(head_args="dropout=1.5"), "--head-args dropout=1.5: must be a finite number in [0, 1)"),
     (dict(head_args="min_stride=64"), "--head-args {'min_stride': 64}: the 'unet' head cannot be built"),
+    (dict(head="ocr", head_args="aux_weight=-1"), "--head-args aux_weight=-1: must be a finite number in [0, inf)"),
+    (dict(head="ocr", head_args="aux_weight=nan"), "--head-args aux_weight='nan': must be a finite number"),
+    (dict(head="ocr", head_args="key_width=0"), "--head-args key_width=0: must be an integer >= 1"),
+    (dict(head="deeplabv3plus", head_args="low_width=0"), "--head-args low_width=0: must be an integer >= 1"),
+    (dict(head="deeplabv3plus", head_args="output_stride=-8"), "--head-args output_stride=-8: must be an integer"),
     (dict(weight_decay=-0.1), "--weight-decay -0.1"),
+    (dict(no_amp=True, precision="bf16"), "--no-amp and --precision bf16: --no-amp means fp32; give one of them"),
+    (dict(precision="fp16"), "--precision fp16: fp16 autocast needs a CUDA device (this run is on cpu)"),
 ])
 def test_bad_flags_are_one_line_before_anything_runs(tiny_data, tmp_path, capsys, over, expect):
     refused(flags(data=tiny_data, project=tmp_path / "runs", **{**RUN, **over}), capsys, tmp_path / "runs", expect)
+
+
+def test_flags_are_checked_before_the_data_yaml_is_even_read(tmp_path, capsys):
+    refused(flags(data=tmp_path / "missing.yaml", project=tmp_path / "runs", **{**RUN, "batch_size": 0}), capsys,
+            tmp_path / "runs", "--batch-size 0: must be an integer >= 1")
 
 
 def test_command_line_model_choice_replaces_a_recipe_preset():
@@ -298,10 +337,20 @@ def test_long_paths_are_never_cut_in_messages(tmp_path):
     deep = tmp_path / ("a_very_long_folder_name_" * 6) / ("and_another_one_" * 6)
     y = write_dataset(deep, {"train": 2, "val": 1})
     (deep / "images/train/000.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # damaged image
-    r = check_split(load_data_config(y), "train", use_cache=False)
-    assert len(r.problems) == 1 and r.problems[0].startswith("images/train/000.png: image does not decode (")
-    text = (tmp_path / "t.pt")
-    text.write_text("x" * 10)
+    long_stem = "an_image_whose_name_goes_on_and_on_" * 5
+    shutil.move(deep / "images/train/001.png", deep / f"images/train/{long_stem}.png")  # no mask of that name
+    data = load_data_config(y)
+    from utils.imageio import ImageDecodeError
+
+    with pytest.raises(ImageDecodeError) as bad:
+        decode_image(deep / "images/train/000.png")
+    r = check_split(data, "train", use_cache=False)
+    assert sorted(r.problems) == sorted([
+        f"images/train/000.png: image does not decode ({bad.value.reason})",
+        f"images/train/{long_stem}.png: no mask found (expected {data.masks_dir}/.../{long_stem}.png or .json)"])
+    with pytest.raises(UserError) as e:  # the report a user sees holds each line whole
+        preflight(data, ["train"])
+    assert all(p in str(e.value) for p in r.problems) and max(map(len, r.problems)) > 200
     long_pt = deep / ("weights_file_with_a_long_name_" * 4 + ".pt")
     long_pt.write_text("not a checkpoint")
     with pytest.raises(UserError) as e:
@@ -327,6 +376,9 @@ def test_val_numeric_flags_are_one_line(tmp_path, capsys, bad, expect):
 
 
 # ----------------------------------------------------------------------------- 7, 8, 13, 15, 16 on one real run
+SAVED_BEFORE_LOGGING: list[int] = []  # the epochs last.pt holds when each epoch's logging starts
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A 2-epoch CLI run with --tb-images 0 and --save-period 1 whose TensorBoard/results writer fails at
@@ -341,6 +393,7 @@ def finished_run(tmp_path_factory):
 
         def log_epoch(self, rows, res, batch):
             assert batch is None  # --tb-images 0: no grid is even computed
+            SAVED_BEFORE_LOGGING.append(load_checkpoint(tmp / "runs" / "exp" / "weights" / "last.pt")["epoch"])
             if len(rows) == 1:
                 raise RuntimeError("injected TensorBoard failure")
             return real(self, rows, res, batch)
@@ -367,6 +420,8 @@ def test_optional_outputs_that_fail_are_warnings_and_lose_nothing(finished_run):
     last = load_checkpoint(run / "weights" / "last.pt")
     assert last["finished"] and last["epoch"] == 2 and (run / "weights" / "epoch1.pt").is_file()
     assert len(last["train"]["state"]["rows"]) == 2 and (run / "results.csv").read_text().count("\n") == 3
+    # the checkpoint comes first: a crash (or kill) in the logging of epoch N keeps epoch N
+    assert SAVED_BEFORE_LOGGING == [1, 2]
 
 
 def test_args_yaml_holds_resolved_values(finished_run):
@@ -388,14 +443,22 @@ def test_args_yaml_holds_resolved_values(finished_run):
     assert load_checkpoint(run / "weights" / "last.pt")["args"]["lr0"] == 0.001
 
 
-def test_resume_of_an_earlier_checkpoint_says_finished_and_how_to_branch(finished_run, capsys):
+def test_resume_of_an_earlier_checkpoint_says_finished_and_how_to_branch(finished_run, tmp_path, capsys):
     _, run, _ = finished_run
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     epoch1 = run / "weights" / "epoch1.pt"
-    refused_line = cli(train.main, ["--resume", str(epoch1)], capsys)[2]
-    assert ("this run has finished; --resume only continues a run from its last.pt. To branch from epoch1.pt, "
-            f"start a new run: python segment/train.py --weights {epoch1}") in refused_line
+    for ckpt in (epoch1, run / "weights" / "best.pt"):
+        code, _, err = cli(train.main, ["--resume", str(ckpt)], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert (f"this run has finished; --resume only continues a run from its last.pt. To branch from {ckpt.name}, "
+                f"start a new run: python segment/train.py --weights {ckpt}") in err
+    # its own last.pt: nothing to do, exit 0 (a re-queued job that resumes a finished run succeeds), with the hint
+    code, out, _ = cli(train.main, ["--resume", str(run / "weights" / "last.pt")], capsys)
+    assert code == 0 and "nothing to resume. To train further, start a new run with --weights" in out
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
+    unfinished = _unfinished_copy(run, tmp_path / "u")  # an unfinished run: its epoch1.pt is still not resumable
+    code, _, err = cli(train.main, ["--resume", str(unfinished / "weights" / "epoch1.pt")], capsys)
+    assert code == 2 and "this run continues from its weights/last.pt; --resume only continues a run from its last.pt" in err
 
 
 def _unfinished_copy(run: Path, dest: Path, **state) -> Path:
@@ -580,14 +643,24 @@ def test_conv_bn_fusion_uses_running_statistics():
     assert torch.allclose(m(x), ref, atol=1e-5)
 
 
-def test_metrics_json_writes_null_never_nan(tmp_path):
-    from segment.val import json_safe
-
-    doc = {"mIoU": float("nan"), "per_class": {"a": {"iou": float("inf")}}, "ok": [1.5, float("-inf")]}
-    text = json.dumps(json_safe(doc), allow_nan=False)  # what val.py writes; raises on any NaN left
+def test_metrics_json_writes_null_never_nan(finished_run, tmp_path):
+    """val.py on a split where classes 1 and 2 are absent: their accuracy is 0/0. metrics.json must say null
+    (json.dumps would happily write NaN, which strict JSON readers refuse)."""
+    data, run, _ = finished_run
+    root = Path(load_data_config(data).root)
+    shutil.copytree(root, tmp_path / "d", ignore=shutil.ignore_patterns("*.yaml"))
+    for f in (tmp_path / "d" / "masks" / "val").glob("*.png"):
+        cv2.imwrite(str(f), np.zeros_like(cv2.imread(str(f), cv2.IMREAD_UNCHANGED)))
+    y = write_yaml(tmp_path / "d.yaml", path=str(tmp_path / "d"), train="images/train", val="images/val", nc=3,
+                   names=["c0", "c1", "c2"])
+    with one_thread():
+        val.run(weights=str(run / "weights" / "best.pt"), data=str(y), split="val", project=str(tmp_path / "v"),
+                workers=0)
+    text = (tmp_path / "v" / "exp" / "metrics.json").read_text()
 
     def no_constants(name):
         raise AssertionError(f"{name} in metrics.json")
 
-    assert json.loads(text, parse_constant=no_constants) == {"mIoU": None, "per_class": {"a": {"iou": None}},
-                                                            "ok": [1.5, None]}
+    doc = json.loads(text, parse_constant=no_constants)
+    assert doc["per_class"]["c1"]["acc"] is None and doc["per_class"]["c2"]["acc"] is None and "null" in text
+    assert doc["per_class"]["c0"]["acc"] is not None

@@ -11,8 +11,13 @@ import pytest
 
 from segment import train
 from tests.conftest import write_dataset
-from tests.faults import TINY, Training, checkpoint_diff, flags, one_thread, results_without_timing, tree_digest
+from tests.faults import TINY as TINY_AUTO, Training, checkpoint_diff, flags, one_thread, results_without_timing, tree_digest
 from utils.checkpoint import load_checkpoint, save_checkpoint
+
+
+# bf16 forced: the tiny MobileNet would train in fp32 under --precision auto, and exact resume must hold
+# with bf16 on (on a CPU without native bf16 it is emulated: slower, same guarantee)
+TINY = {**TINY_AUTO, "precision": "bf16"}
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +29,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A tiny dataset and one uninterrupted 2-epoch run on it (workers 0): what every resume must equal.
-    Mixed precision is at its default: bf16 autocast on a CPU with native bf16 (as here), else fp32."""
+    In bf16 autocast (forced, see TINY)."""
     tmp = tmp_path_factory.mktemp("resume")
     mp = pytest.MonkeyPatch()
     mp.setenv("SEG_CACHE_DIR", str(tmp / "cache"))
@@ -56,7 +61,7 @@ def assert_same_as_reference(run: Path, ref: Path) -> None:
 
 
 @pytest.mark.slow
-# At the default precision (bf16 autocast on this CPU) in both loader modes. A --no-amp variant (27 s) was
+# In bf16 autocast (TINY) in both loader modes. A --no-amp variant (27 s) was
 # dropped to keep CI inside 15 minutes: on a CPU it takes the same checkpoint path (no GradScaler either way).
 @pytest.mark.parametrize("workers", [0, 2])
 def test_killed_and_resumed_run_is_bit_identical(reference, tmp_path, workers):
@@ -213,7 +218,8 @@ def test_resume_finished_run_says_nothing_to_resume(reference, capsys):
                  ["--resume", "--project", str(ref.parent), "--name", ref.name]):
         code, out, err = main_exit(argv, capsys)
         assert code == 0 and out.startswith(f"{ref / 'weights' / 'last.pt'}: this run finished all 2 epochs; "
-                                            f"nothing to resume") and not err
+                                            f"nothing to resume. To train further, start a new run with --weights "
+                                            f"{ref / 'weights' / 'last.pt'}") and not err
     assert tree_digest(ref) == before
 
 

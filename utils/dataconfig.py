@@ -38,6 +38,10 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else datasets_dir() / ".cache"
 
 
+class EmptySplitError(UserError):
+    """A split that is absent, not a folder or list, or holds no image: no --skip-bad can help."""
+
+
 @dataclass
 class DataConfig:
     """A parsed dataset YAML with its root resolved."""
@@ -60,9 +64,10 @@ class DataConfig:
                         tuple(self.palette) if self.palette else None, self.ignore_color)
 
     def split_images(self, split: str) -> list[Path]:
-        """Sorted image files of ``split``; unknown or empty splits raise UserError."""
+        """Sorted image files of ``split``; unknown or empty splits raise EmptySplitError, a list that is not
+        UTF-8 or a stem present twice raise UserError."""
         if split not in self.splits:
-            raise UserError(f"{self.yaml_file}: no '{split}' split (has: {', '.join(self.splits) or 'none'})")
+            raise EmptySplitError(f"{self.yaml_file}: no '{split}' split (has: {', '.join(self.splits) or 'none'})")
         files: list[Path] = []
         for entry in self.splits[split]:
             p = Path(entry) if Path(entry).is_absolute() else self.root / entry
@@ -80,9 +85,9 @@ class DataConfig:
                         f = Path(line)
                         files.append(f if f.is_absolute() else self.root / f)
             else:
-                raise UserError(f"{self.yaml_file}: split '{split}': {p} is neither a folder nor a .txt list")
+                raise EmptySplitError(f"{self.yaml_file}: split '{split}': {p} is neither a folder nor a .txt list")
         if not files:
-            raise UserError(f"{self.yaml_file}: split '{split}' is empty (no images in {', '.join(self.splits[split])})")
+            raise EmptySplitError(f"{self.yaml_file}: split '{split}' is empty (no images in {', '.join(self.splits[split])})")
         _refuse_duplicates(self.yaml_file, split, files)
         return files
 

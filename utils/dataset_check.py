@@ -18,13 +18,13 @@ from typing import Callable
 
 import numpy as np
 
-from utils.dataconfig import DataConfig, cache_dir
+from utils.dataconfig import DataConfig, EmptySplitError, cache_dir
 from utils.errors import UserError
 from utils.files import atomic_write_text
 from utils.imageio import ImageDecodeError, decode_image_with_orientation
 from utils.masks import MaskError, find_mask, read_mask
 
-CHECK_VERSION = 3
+CHECK_VERSION = 4
 # EXIF orientations that swap height and width (utils/imageio.py applies every orientation)
 _TRANSPOSED = {5, 6, 7, 8}
 
@@ -40,6 +40,7 @@ class SplitReport:
     num_bad: int = 0
     ignore_pixels: int = 0
     exif_oriented: int = 0  # usable images whose EXIF orientation is not 1 (they are used upright)
+    zero_ignore_only: int = 0  # usable masks holding only 0 and an ignore_index of 255: 0/255 binary masks?
     cached: bool = False
 
 
@@ -121,13 +122,13 @@ def check_split(data: DataConfig, split: str, workers: int = 4, use_cache: bool 
             if c.get("key") == key:
                 return SplitReport(split, [(Path(i), Path(m)) for i, m in c["items"]], c["problems"],
                                    c["class_pixels"], c["num_bad"], c["ignore_pixels"], c["exif_oriented"],
-                                   cached=True)
+                                   c["zero_ignore_only"], cached=True)
         except (ValueError, KeyError, TypeError):
             pass  # a damaged cache is recomputed
     with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
         results = list(pool.map(lambda im: _check_pair(im, data), images))
     spec = data.mask_spec
-    items, problems, num_bad, oriented = [], [], 0, 0
+    items, problems, num_bad, oriented, zero_ignore = [], [], 0, 0, 0
     total = np.zeros(max(spec.nc, spec.ignore_index + 1), np.int64)
     for image, (mask, probs, counts, orientation) in zip(images, results):
         if probs:
@@ -137,13 +138,14 @@ def check_split(data: DataConfig, split: str, workers: int = 4, use_cache: bool 
             items.append((image, mask))
             total += counts[: len(total)]  # clean masks hold no id above ignore_index
             oriented += orientation != 1
+            zero_ignore += spec.ignore_index == 255 and counts[255] > 0 and not counts[1:255].any()
     report = SplitReport(split, items, problems, [int(v) for v in total[: spec.nc]], num_bad,
-                         int(total[spec.ignore_index]), oriented)
+                         int(total[spec.ignore_index]), oriented, int(zero_ignore))
     try:
         atomic_write_text(cache_file, json.dumps({"key": key, "items": [[str(i), str(m)] for i, m in items],
                                                   "problems": problems, "class_pixels": report.class_pixels,
                                                   "num_bad": num_bad, "ignore_pixels": report.ignore_pixels,
-                                                  "exif_oriented": oriented}))
+                                                  "exif_oriented": oriented, "zero_ignore_only": int(zero_ignore)}))
         for old in cache_file.parent.glob(f"{prefix}*.json"):  # results for files that have changed since
             if old != cache_file:
                 old.unlink(missing_ok=True)
@@ -152,15 +154,27 @@ def check_split(data: DataConfig, split: str, workers: int = 4, use_cache: bool 
     return report
 
 
-def _only_background_hint(data: DataConfig, r: SplitReport) -> str | None:
-    """A warning when a split's masks hold no pixel of classes 1..nc-1, e.g. 0/255 masks with ignore_index 255."""
-    if data.nc < 2 or not r.items or any(r.class_pixels[1:]):
-        return None
-    hint = (f"; if these are binary masks saved as 0/255, 255 is being ignored: remap 255 -> 1 and keep "
-            f"ignore_index for 'unlabelled'" if r.ignore_pixels else "")
-    return (f"warning: no '{r.split}' mask holds any pixel of classes 1..{data.nc - 1} "
-            f"({', '.join(data.names[1:4])}{', ...' if data.nc > 4 else ''}); only class 0 and ignore_index "
-            f"{data.ignore_index} ({r.ignore_pixels:,} px){hint}")
+def _label_problems(data: DataConfig, r: SplitReport) -> tuple[str | None, str | None]:
+    """(error, warning) about what the usable masks of the train split hold as a whole.
+
+    Error: no pixel of classes 1..nc-1 anywhere, e.g. 0/255 binary masks read with ignore_index 255 (every
+    object pixel ignored): such a run would report mIoU 1.0 from class 0 alone. Warning: some masks hold
+    only 0 and 255 = ignore while others do have objects: a mix of 0/1 and 0/255 files.
+    """
+    if not r.items:
+        return None, None
+    hint_0_255 = (f"binary masks saved as 0/255 are read with 255 = ignore_index: remap 255 -> 1 (or set "
+                  f"ignore_index to another value) and keep ignore_index for 'unlabelled' pixels")
+    if not any(r.class_pixels[1:]):
+        names = f"{', '.join(data.names[1:4])}{', ...' if data.nc > 4 else ''}"
+        return (f"no '{r.split}' mask holds any pixel of classes 1..{data.nc - 1} ({names}): only class 0 "
+                f"({r.class_pixels[0]:,} px) and ignore_index {data.ignore_index} ({r.ignore_pixels:,} px), so "
+                f"there is nothing to learn and class 0 alone would score mIoU 1.0"
+                + (f"; {hint_0_255}" if r.ignore_pixels and data.ignore_index == 255 else "")), None
+    if r.zero_ignore_only:
+        return None, (f"warning: {r.zero_ignore_only} of {len(r.items)} '{r.split}' masks hold only 0 and 255 "
+                      f"(= ignore_index) while the others have objects; if those files are {hint_0_255}")
+    return None, None
 
 
 def preflight(data: DataConfig, splits: list[str], skip_bad: bool = False, workers: int = 4,
@@ -170,12 +184,16 @@ def preflight(data: DataConfig, splits: list[str], skip_bad: bool = False, worke
     An empty or missing split is always an error; ``skip_bad`` only drops individual bad files.
     """
     reports: dict[str, SplitReport] = {}
-    missing: list[tuple[str, str]] = []  # an empty or missing split: --skip-bad cannot help
+    missing: list[tuple[str, str]] = []  # split-level problems: --skip-bad cannot help
+    empty = False
     for s in splits:
         try:
             reports[s] = check_split(data, s, workers)
         except UserError as e:
             missing.append((s, str(e)))
+            empty |= isinstance(e, EmptySplitError)
+    labels = {s: _label_problems(data, r) for s, r in reports.items() if s == "train"}
+    missing += [(s, err) for s, (err, _) in labels.items() if err]
     per_file = [(s, p) for s, r in reports.items() for p in r.problems]
     emptied = [(s, f"no usable image/mask pairs left after dropping {r.num_bad} bad one(s)")
                for s, r in reports.items() if not r.items and skip_bad]
@@ -183,7 +201,7 @@ def preflight(data: DataConfig, splits: list[str], skip_bad: bool = False, worke
         shown = missing + per_file + emptied
         lines = [f"dataset check failed for {data.yaml_file} (root {data.root}): {len(shown)} problem(s)"]
         lines += [f"  [{s}] {p}" for s, p in shown]
-        if missing:
+        if empty:
             lines.append("an empty or missing split is an error even with --skip-bad: point the data YAML at images")
         if per_file and not skip_bad:
             lines.append("fix or remove these files, or pass --skip-bad to train on the rest")
@@ -197,7 +215,7 @@ def preflight(data: DataConfig, splits: list[str], skip_bad: bool = False, worke
             log(f"dataset check: {r.exif_oriented} of {len(r.items)} '{s}' images carry an EXIF orientation other "
                 f"than 1; they are used upright (rotated/mirrored as image viewers show them), so their masks must "
                 f"be drawn on the upright image")
-        hint = _only_background_hint(data, r) if s == "train" else None
-        if hint:
-            log(hint)
+        warning = labels.get(s, (None, None))[1]
+        if warning:
+            log(warning)
     return reports

@@ -5,12 +5,14 @@ viewers and annotation tools (labelme, CVAT) show them; masks must be drawn on t
 themselves are never rotated (PNG masks carry no orientation).
 
 Accepted pixel formats: 8-bit grey/RGB/RGBA/palette/CMYK (converted to RGB, alpha dropped) and 16-bit
-grey (scaled to 8 bits). Float images (e.g. 32-bit TIFF) are refused with a message: their value range
+grey (scaled to 8 bits by 255/65535; a 32-bit integer image, as older Pillow opens 16-bit PNGs, gets the
+same fixed scale and is refused when it holds values outside 0..65535). Float images (e.g. 32-bit TIFF) are refused with a message: their value range
 is not defined, so any conversion would be a guess.
 """
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -21,6 +23,9 @@ EXIF_ORIENTATION = 0x0112
 # Large images are legitimate in segmentation (aerial tiles); PIL's decompression-bomb limit would
 # otherwise refuse them during training although the check passed. The check and training share it.
 _MAX_PIXELS = 1 << 30
+# PIL reads its limit from a module global when a file is opened; the dataset check decodes on threads,
+# so the raise-and-restore around Image.open is serialised (opening only parses the header: cheap).
+_OPEN_LOCK = threading.Lock()
 
 
 class ImageDecodeError(ValueError):
@@ -44,33 +49,26 @@ def decode_image_with_orientation(path: str | os.PathLike) -> tuple[np.ndarray, 
     """(RGB uint8 H x W x 3 array, EXIF orientation of the file) with the orientation rule applied."""
     path = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _MAX_PIXELS
-            try:
-                with Image.open(path) as im:
-                    orientation = exif_orientation(im)  # as stored in the file
-                    im.load()  # a full decode: a truncated file fails here, not in a training worker
-                    # PIL's TIFF decoder applies the orientation itself while loading (and drops the tag)
-                    pending = exif_orientation(im)
-                    mode = im.mode
-                    if mode in ("F", "I;16F") or mode.startswith("F"):
-                        raise ImageDecodeError(path, f"floating-point image (mode {mode}); save it as 8-bit RGB "
-                                                     f"(or 16-bit grey) PNG/JPEG/TIFF")
-                    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                        arr = np.asarray(im).astype(np.float64)
-                        top = 65535.0 if mode.startswith("I;16") else max(float(arr.max(initial=0)), 1.0)
-                        if mode == "I" and arr.min(initial=0) < 0:
-                            raise ImageDecodeError(path, "32-bit signed image with negative values; save it as "
-                                                         "8-bit RGB")
-                        im2 = Image.fromarray(np.round(arr * (255.0 / top)).astype(np.uint8), "L")
-                    else:
-                        im2 = im
-                    if pending != 1:
-                        im2 = _transpose(im2, pending)
-                    rgb = np.asarray(im2.convert("RGB"))
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
+        with _open_large(path) as im:
+            orientation = exif_orientation(im)  # as stored in the file
+            im.load()  # a full decode: a truncated file fails here, not in a training worker
+            # PIL's TIFF decoder applies the orientation itself while loading (and drops the tag)
+            pending = exif_orientation(im)
+            mode = im.mode
+            if mode in ("F", "I;16F") or mode.startswith("F"):
+                raise ImageDecodeError(path, f"floating-point image (mode {mode}); save it as 8-bit RGB "
+                                             f"(or 16-bit grey) PNG/JPEG/TIFF")
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+                arr = np.asarray(im).astype(np.float64)
+                if mode == "I" and (arr.min(initial=0) < 0 or arr.max(initial=0) > 65535):
+                    raise ImageDecodeError(path, "32-bit integer image with values outside 0..65535; save it "
+                                                 "as 8-bit RGB or 16-bit grey")
+                im2 = Image.fromarray(np.round(arr * (255.0 / 65535.0)).astype(np.uint8), "L")
+            else:
+                im2 = im
+            if pending != 1:
+                im2 = _transpose(im2, pending)
+            rgb = np.asarray(im2.convert("RGB"))
     except ImageDecodeError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for damaged files
@@ -79,6 +77,17 @@ def decode_image_with_orientation(path: str | os.PathLike) -> tuple[np.ndarray, 
                                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
                                ) from None
     return np.ascontiguousarray(rgb), orientation
+
+
+def _open_large(path: Path) -> Image.Image:
+    """Image.open with the pixel limit raised to _MAX_PIXELS for this call only (thread-safe)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _MAX_PIXELS
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
 
 
 _TRANSPOSE = {2: [Image.Transpose.FLIP_LEFT_RIGHT], 3: [Image.Transpose.ROTATE_180],

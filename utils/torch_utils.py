@@ -49,20 +49,57 @@ def cpu_has_native_bf16() -> bool:
         return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def autocast_dtype(device: torch.device, enabled: bool) -> tuple[torch.dtype | None, str]:
-    """Mixed-precision dtype for training on ``device`` and a line saying what was chosen.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Measured on the 2-core AVX-512 BF16 VM (BENCHMARKS.md, "Precision per model"): below about this many
+# input pixels per image, bf16's casts cost more than its faster convolutions save.
+MIN_BF16_PIXELS = 128 * 128
+# ... and with depthwise convolutions (mobilenet_v3_large+segment: 22% of its convs, bf16 0.80x of fp32)
+BF16_MAX_DEPTHWISE_SHARE = 0.1
 
-    CUDA: fp16 (with a GradScaler). CPU: bf16 where the CPU has native bf16, else fp32. None = fp32.
+
+def depthwise_share(model: nn.Module) -> float:
+    """Share of the model's Conv2d layers that are depthwise (groups == in_channels > 1)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = sum(1 for m in convs if m.groups > 1 and m.groups == m.in_channels)
+    return depthwise / len(convs) if convs else 0.0
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto", model: nn.Module | None = None,
+                   pixels: int | None = None) -> tuple[torch.dtype | None, str]:
+    """Mixed-precision dtype for training on ``device`` and a line saying what was chosen and why.
+
+    ``precision``: 'fp32', 'bf16', 'fp16' (forced) or 'auto': fp16 + GradScaler on CUDA; on a CPU, bf16
+    only where it was measured faster than fp32 here: native bf16 (AVX-512 BF16/AMX), a model that is not
+    built on depthwise convolutions (MobileNets ran 0.80x), and inputs of at least MIN_BF16_PIXELS per
+    image (the 96x96 quickstart ran 0.67x). None = fp32.
     """
-    if not enabled:
-        return None, "Mixed precision off (--no-amp): training in fp32"
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None, "Precision: fp32 (--precision fp32 / --no-amp)"
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UserError(f"--precision fp16: fp16 autocast needs a CUDA device (this run is on {device.type}); "
+                            f"on a CPU use bf16 or auto")
+        return torch.float16, "Precision: fp16 autocast + GradScaler on CUDA (--precision fp16)"
+    if precision == "bf16":
+        slow = device.type == "cpu" and not cpu_has_native_bf16()
+        return torch.bfloat16, ("Precision: bf16 autocast (--precision bf16)"
+                                + ("; warning: this CPU has no native bf16, so it is emulated and slow" if slow else ""))
     if device.type == "cuda":
-        return torch.float16, "Mixed precision: fp16 autocast + GradScaler on CUDA"
-    if device.type == "cpu":
-        if cpu_has_native_bf16():
-            return torch.bfloat16, "Mixed precision: bf16 autocast on CPU (native bf16: AVX-512 BF16/AMX)"
-        return None, "Mixed precision: this CPU has no native bf16 (AVX-512 BF16/AMX), training in fp32"
-    return None, f"Mixed precision: not supported on {device.type}, training in fp32"
+        return torch.float16, "Precision: fp16 autocast + GradScaler on CUDA (auto)"
+    if device.type != "cpu":
+        return None, f"Precision: fp32 (mixed precision is not supported on {device.type})"
+    if not cpu_has_native_bf16():
+        return None, "Precision: fp32 (auto: this CPU has no native bf16, AVX-512 BF16/AMX)"
+    share = depthwise_share(model) if model is not None else 0.0
+    if share >= BF16_MAX_DEPTHWISE_SHARE:
+        return None, (f"Precision: fp32 (auto: {100 * share:.0f}% of this model's convolutions are depthwise, which "
+                      f"run slower in bf16 on CPU; --precision bf16 forces it)")
+    if pixels is not None and pixels < MIN_BF16_PIXELS:
+        return None, (f"Precision: fp32 (auto: {pixels} px per training image is below {MIN_BF16_PIXELS}, where "
+                      f"bf16 casts cost more than they save on CPU; --precision bf16 forces it)")
+    return torch.bfloat16, "Precision: bf16 autocast on CPU (auto: native bf16, AVX-512 BF16/AMX)"
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -160,8 +197,4 @@ def preferred_memory_format(model: nn.Module) -> torch.memory_format:
     model so the rule below (NCHW when at least a quarter of the convs are depthwise) can be checked
     and tuned on a quiet machine; it currently keeps NHWC for mobilenet_v3_large.
     """
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    depthwise = sum(1 for m in convs if m.groups > 1 and m.groups == m.in_channels)
-    if convs and depthwise * 4 >= len(convs):
-        return torch.contiguous_format
-    return torch.channels_last
+    return torch.contiguous_format if depthwise_share(model) >= 0.25 else torch.channels_last
