@@ -41,13 +41,18 @@ START, END = "<!-- camvid-budget:start -->", "<!-- camvid-budget:end -->"
 GROUPS = ("budget", "ablation", "heads")  # the order of the rows in the tables
 
 
+def split_recipe_flags(argv: list[str] | None) -> tuple[list[str], list[str]]:
+    """(the script's own flags, the flags after ``--`` that go to the recipe unchanged)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """The script's flags, and the flags after ``--`` that go to the recipe."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = split_recipe_flags(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, required=True, help="training budget (the recipe's --time, in minutes)")
     p.add_argument("--seed", type=int, default=0)

@@ -35,11 +35,9 @@ DEFAULT_HEADS = "graph,segment,unet,unet@attention=scse,yolov5,lraspp,ocr,deepla
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """The script's flags, and the flags after ``--`` that go to every head's recipe run."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    extra: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    from benchmarks.camvid_budget import split_recipe_flags
+
+    argv, extra = split_recipe_flags(argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, required=True, help="training budget per head (the recipe's --time)")
     p.add_argument("--heads", default=DEFAULT_HEADS, help="comma-separated; options after @ (unet@attention=scse)")

@@ -61,8 +61,8 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm (0 = no clipping)")
     g.add_argument("--no-ema", dest="ema", action="store_false", help="validate/save raw weights, not their EMA")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto: fp16 autocast on CUDA; bf16 on CPUs with native bf16 where it is faster (not for "
-                        "depthwise-conv models or inputs under 128x128 pixels), else fp32")
+                   help="auto: fp16 autocast on CUDA; on a CPU with native bf16, the faster of fp32 and bf16 "
+                        "as timed on a few steps of this model before training; else fp32")
     g.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32 (= --precision fp32)")
     g.add_argument("--nan-patience", type=int, default=10, help="stop after this many non-finite steps in a row")
     g = p.add_argument_group("run")

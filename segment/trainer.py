@@ -164,10 +164,11 @@ class Trainer:
             self.lr_progress = None
             factor = lr_lambda(a.epochs * ipe, round(a.warmup_epochs * ipe), a.lrf, a.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        pixels = math.prod(a.crop or a.img_size)  # what one training step sees per image
-        self.amp_dtype, amp_msg = autocast_dtype(self.device, a.precision, unwrap(self.model), pixels)
+        self.amp_dtype, amp_msg = autocast_dtype(self.device, a.precision, self._precision_probe)
         self.log(amp_msg)
         self.amp = self.amp_dtype is not None
+        # the choice is recorded (args.yaml, checkpoints): a resumed run keeps it instead of measuring again
+        a.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         # bf16 has fp32's exponent range: only fp16 needs loss scaling
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(self.model) if a.ema else None
@@ -202,6 +203,16 @@ class Trainer:
             if relog:
                 optional_output("TensorBoard/results.csv", lambda: self.logger.relog(
                     st.rows, (self.resume_ckpt.get("metrics") or {}).get("class_iou", {})), self.log)
+
+    def _precision_probe(self) -> tuple[float, float]:
+        """(fp32, bf16) ms of one training step of this run's model, batch and input size; every rank
+        measures (they share the machine) and rank 0's figures decide for all."""
+        from segment.precision import probe_step_ms
+
+        a = self.args
+        fp32_ms, bf16_ms = probe_step_ms(unwrap(self.model), self.loss_fn, a.batch_size, tuple(a.crop or a.img_size),
+                                         self.data.nc)
+        return ddp.from_rank0(fp32_ms, self.device), ddp.from_rank0(bf16_ms, self.device)
 
     def _read_initial_weights(self) -> dict[str, torch.Tensor] | None:
         w = self.args.weights

@@ -108,53 +108,59 @@ def test_resumed_time_run_keeps_the_remaining_budget(tiny_data, tmp_path):
 
 
 def test_autocast_choice(monkeypatch):
-    """auto = bf16 only where it was measured faster on this CPU: dense convolutions at >= 128x128 pixels."""
-    from torch import nn
-
+    """auto on a bf16 CPU keeps the faster of the two measured steps; forced choices are kept as given."""
     from utils.errors import UserError
 
     cpu = torch.device("cpu")
-    dense = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 16, 1))
-    depthwise = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3, groups=16), nn.Conv2d(16, 16, 1))
-    assert torch_utils.depthwise_share(dense) == 0 and torch_utils.depthwise_share(depthwise) == 1 / 3
-    # the zoo's MobileNet (measured 0.80x in bf16) is caught by the depthwise rule, the dense models are not
-    from models.model import build_model, model_config
-
-    mnv3 = build_model(model_config(3, backbone="mobilenet_v3_large", head="segment"))
-    assert torch_utils.depthwise_share(mnv3) >= torch_utils.BF16_MAX_DEPTHWISE_SHARE
     monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
     choose = torch_utils.autocast_dtype
-    assert choose(cpu, "auto", dense, 288 * 384)[0] is torch.bfloat16
-    assert choose(cpu, "auto", dense, 128 * 128)[0] is torch.bfloat16  # the threshold itself is bf16
-    dtype, msg = choose(cpu, "auto", dense, 96 * 96)
-    assert dtype is None and "9216 px per training image is below 16384" in msg
-    dtype, msg = choose(cpu, "auto", depthwise, 288 * 384)
-    assert dtype is None and "33% of this model's convolutions are depthwise" in msg
-    assert choose(cpu, "bf16", depthwise, 32 * 32)[0] is torch.bfloat16  # forced: the user's choice wins
-    assert choose(cpu, "fp32", dense, 288 * 384) == (None, "Precision: fp32 (--precision fp32 / --no-amp)")
+    dtype, msg = choose(cpu, "auto", lambda: (900.0, 600.0))
+    assert dtype is torch.bfloat16 and "measured 900 ms in fp32, 600 ms in bf16" in msg
+    dtype, msg = choose(cpu, "auto", lambda: (100.0, 167.0))  # e.g. a depthwise MobileNet at 96x96
+    assert dtype is None and "measured 100 ms in fp32, 167 ms in bf16; --precision bf16 forces bf16" in msg
+    assert choose(cpu, "auto")[0] is torch.bfloat16  # no probe: bf16 where it is native
+    never = lambda: pytest.fail("a forced precision is not measured")  # noqa: E731
+    assert choose(cpu, "bf16", never)[0] is torch.bfloat16
+    assert choose(cpu, "fp32", never) == (None, "Precision: fp32 (--precision fp32 / --no-amp)")
     with pytest.raises(UserError, match="fp16 autocast needs a CUDA device"):
-        choose(cpu, "fp16", dense, 288 * 384)
-    assert choose(torch.device("cuda"), "auto", depthwise, 32 * 32)[0] is torch.float16
+        choose(cpu, "fp16", never)
+    assert choose(torch.device("cuda"), "auto", never)[0] is torch.float16
     monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: False)
-    dtype, msg = choose(cpu, "auto", dense, 288 * 384)
+    dtype, msg = choose(cpu, "auto", never)
     assert dtype is None and "no native bf16" in msg
-    assert "emulated and slow" in choose(cpu, "bf16", dense, 288 * 384)[1]
+    assert "emulated and slow" in choose(cpu, "bf16", never)[1]
 
 
-@pytest.mark.parametrize("over, lift, expect", [
-    ({}, False, torch.float32),  # auto: TINY is a depthwise MobileNet at 32x48 (either rule says fp32)
-    ({}, True, torch.bfloat16),  # auto where the depthwise and size rules allow bf16
-    ({"amp": False}, True, torch.float32),  # --no-amp wins
-    ({"precision": "bf16"}, False, torch.bfloat16)])  # forced
-def test_training_precision_follows_the_flag(tiny_data, tmp_path, monkeypatch, over, lift, expect):
-    """On a bf16 CPU the training forward runs in the chosen dtype (the logits come out in it); validation
-    always scores in fp32 on CPU."""
+def test_precision_probe_times_both_and_changes_nothing():
+    from models.model import build_model, model_config
+    from segment.precision import probe_step_ms
+    from utils.losses import SegLoss
+
+    torch.manual_seed(0)
+    model = build_model(model_config(3, backbone="mobilenet_v3_small", head="unet"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    with one_thread():
+        fp32_ms, bf16_ms = probe_step_ms(model, SegLoss("ce+dice", 255), 2, (32, 48), 3, steps=2)
+    assert fp32_ms > 0 and bf16_ms > 0
+    assert torch.equal(torch.get_rng_state(), rng)  # the run's random stream is where it was
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics too
+
+
+@pytest.mark.parametrize("over, probe, expect", [
+    ({"precision": "auto"}, (100.0, 167.0), torch.float32),  # auto, fp32 measured faster
+    ({"precision": "auto"}, (900.0, 600.0), torch.bfloat16),  # auto, bf16 measured faster
+    ({"precision": "auto", "amp": False}, (900.0, 600.0), torch.float32),  # --no-amp wins, nothing measured
+    ({"precision": "bf16"}, None, torch.bfloat16)])  # forced
+def test_training_precision_follows_the_flag(tiny_data, tmp_path, monkeypatch, over, probe, expect):
+    """On a bf16 CPU the training forward runs in the chosen dtype (the logits come out in it), and the
+    choice is recorded as fp32/bf16 for a resume."""
+    from segment import precision
     from segment.trainer import Trainer
 
     monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
-    if lift:
-        monkeypatch.setattr(torch_utils, "depthwise_share", lambda model: 0.0)
-        monkeypatch.setattr(torch_utils, "MIN_BF16_PIXELS", 0)
+    calls = []
+    monkeypatch.setattr(precision, "probe_step_ms", lambda *a, **k: calls.append(1) or probe)
     seen = []
     with one_thread():
         args = train.build_parser().parse_args([])
@@ -165,5 +171,8 @@ def test_training_precision_follows_the_flag(tiny_data, tmp_path, monkeypatch, o
         t.model.register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
         t.train()
     assert {d for training, d in seen if training} == {expect}
+    assert len(calls) == (1 if over.get("precision") == "auto" and over.get("amp", True) else 0)
+    assert t.args.precision == ("bf16" if expect is torch.bfloat16 else "fp32")
+    assert load_checkpoint(tmp_path / "runs" / "exp" / "weights" / "last.pt")["args"]["precision"] == t.args.precision
     assert t.scaler.is_enabled() is False  # bf16 needs no loss scaling
     assert math.isfinite(t.state.best_fitness)

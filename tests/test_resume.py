@@ -11,13 +11,8 @@ import pytest
 
 from segment import train
 from tests.conftest import write_dataset
-from tests.faults import TINY as TINY_AUTO, Training, checkpoint_diff, flags, one_thread, results_without_timing, tree_digest
+from tests.faults import TINY, Training, checkpoint_diff, flags, one_thread, results_without_timing, tree_digest
 from utils.checkpoint import load_checkpoint, save_checkpoint
-
-
-# bf16 forced: the tiny MobileNet would train in fp32 under --precision auto, and exact resume must hold
-# with bf16 on (on a CPU without native bf16 it is emulated: slower, same guarantee)
-TINY = {**TINY_AUTO, "precision": "bf16"}
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +24,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A tiny dataset and one uninterrupted 2-epoch run on it (workers 0): what every resume must equal.
-    In bf16 autocast (forced, see TINY)."""
+    In bf16 autocast (TINY pins it: exact resume must hold with bf16 on)."""
     tmp = tmp_path_factory.mktemp("resume")
     mp = pytest.MonkeyPatch()
     mp.setenv("SEG_CACHE_DIR", str(tmp / "cache"))

@@ -5,7 +5,7 @@ import copy
 import math
 import os
 import random
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -50,11 +50,6 @@ def cpu_has_native_bf16() -> bool:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# Measured on the 2-core AVX-512 BF16 VM (BENCHMARKS.md, "Precision per model"): below about this many
-# input pixels per image, bf16's casts cost more than its faster convolutions save.
-MIN_BF16_PIXELS = 128 * 128
-# ... and with depthwise convolutions (mobilenet_v3_large+segment: 22% of its convs, bf16 0.80x of fp32)
-BF16_MAX_DEPTHWISE_SHARE = 0.1
 
 
 def depthwise_share(model: nn.Module) -> float:
@@ -64,14 +59,13 @@ def depthwise_share(model: nn.Module) -> float:
     return depthwise / len(convs) if convs else 0.0
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto", model: nn.Module | None = None,
-                   pixels: int | None = None) -> tuple[torch.dtype | None, str]:
+def autocast_dtype(device: torch.device, precision: str = "auto",
+                   probe: Callable[[], tuple[float, float]] | None = None) -> tuple[torch.dtype | None, str]:
     """Mixed-precision dtype for training on ``device`` and a line saying what was chosen and why.
 
-    ``precision``: 'fp32', 'bf16', 'fp16' (forced) or 'auto': fp16 + GradScaler on CUDA; on a CPU, bf16
-    only where it was measured faster than fp32 here: native bf16 (AVX-512 BF16/AMX), a model that is not
-    built on depthwise convolutions (MobileNets ran 0.80x), and inputs of at least MIN_BF16_PIXELS per
-    image (the 96x96 quickstart ran 0.67x). None = fp32.
+    ``precision``: 'fp32', 'bf16', 'fp16' (forced) or 'auto': fp16 + GradScaler on CUDA; on a CPU with
+    native bf16 (AVX-512 BF16/AMX) the faster of fp32 and bf16 as measured by ``probe`` ((fp32 ms,
+    bf16 ms) of a training step; without a probe, bf16); fp32 on other CPUs. None = fp32.
     """
     if precision not in PRECISIONS:
         raise UserError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
@@ -92,14 +86,13 @@ def autocast_dtype(device: torch.device, precision: str = "auto", model: nn.Modu
         return None, f"Precision: fp32 (mixed precision is not supported on {device.type})"
     if not cpu_has_native_bf16():
         return None, "Precision: fp32 (auto: this CPU has no native bf16, AVX-512 BF16/AMX)"
-    share = depthwise_share(model) if model is not None else 0.0
-    if share >= BF16_MAX_DEPTHWISE_SHARE:
-        return None, (f"Precision: fp32 (auto: {100 * share:.0f}% of this model's convolutions are depthwise, which "
-                      f"run slower in bf16 on CPU; --precision bf16 forces it)")
-    if pixels is not None and pixels < MIN_BF16_PIXELS:
-        return None, (f"Precision: fp32 (auto: {pixels} px per training image is below {MIN_BF16_PIXELS}, where "
-                      f"bf16 casts cost more than they save on CPU; --precision bf16 forces it)")
-    return torch.bfloat16, "Precision: bf16 autocast on CPU (auto: native bf16, AVX-512 BF16/AMX)"
+    if probe is None:
+        return torch.bfloat16, "Precision: bf16 autocast on CPU (auto: native bf16, not measured)"
+    fp32_ms, bf16_ms = probe()
+    measured = f"a training step measured {fp32_ms:.0f} ms in fp32, {bf16_ms:.0f} ms in bf16"
+    if bf16_ms < fp32_ms:
+        return torch.bfloat16, f"Precision: bf16 autocast on CPU (auto: {measured})"
+    return None, f"Precision: fp32 (auto: {measured}; --precision bf16 forces bf16)"
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
