@@ -192,25 +192,24 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
     out: list[str] = []
     if runs:
         out += ["| run | budget (min) | seed | test mIoU | val mIoU | epochs | train img/s | wall (min) | "
-                "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date, commit |",
+                "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date, CPU, commit |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in runs:
             out.append(f"| {r['label']} | {r['minutes']:g} | {r['seed']} | **{100 * r['test_mIoU']:.1f}** | "
                        f"{100 * r['val_mIoU']:.1f} | {r['epochs']} | {r['img_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
-                       f"{r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | "
-                       f"{r['date']}, {r.get('commit', '?')} |")
+                       f"{r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | {_stamp(r)} |")
     if heads:
         out += [""] if out else []
         out += ["Heads at one budget (benchmarks/camvid_heads.py: the recipe with only `--head` "
                 "changed; params and GFLOPs at 360x480):", "",
                 "| run | params (M) | GFLOPs | test mIoU | val mIoU | epochs | train img/s | PyTorch ms/img | "
-                "ORT ms/img | peak RSS (GiB) | date, commit |",
+                "ORT ms/img | peak RSS (GiB) | date, CPU, commit |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in heads:
             out.append(f"| {r['label']} | {r.get('params', float('nan')) / 1e6:.2f} | {r.get('gflops', float('nan')):.2f} | "
                        f"**{100 * r['test_mIoU']:.1f}** | {100 * r['val_mIoU']:.1f} | {r['epochs']} | "
                        f"{r['img_per_s']:.1f} | {r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | "
-                       f"{r['date']}, {r.get('commit', '?')} |")
+                       f"{_stamp(r)} |")
     out += ["", "Test IoU per class (%):", "",
             "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for r in ordered:
@@ -220,6 +219,12 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
     machines = sorted({r["machine"] for r in ordered})
     out += ["", "Machine: " + "; ".join(machines) + "."]
     return "\n".join(out)
+
+
+def _stamp(r: dict[str, Any]) -> str:
+    """'date, CPU, commit': rows from different VMs sit side by side, and their speeds are not comparable."""
+    cpu = re.sub(r"\(R\)|\bProcessor\b", "", r["machine"].split(",")[0]).strip()
+    return f"{r['date']}, {cpu}, {r.get('commit', '?')}"
 
 
 def _ms(value: float | None) -> str:

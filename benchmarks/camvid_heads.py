@@ -93,6 +93,12 @@ def head_flags(spec: str) -> list[str]:
     return ["--head", name] + (["--head-args", opts] if opts else [])
 
 
+def label(minutes: float, head: str, seed: int, extra: list[str]) -> str:
+    """The row's name: a run with another seed or other recipe flags never replaces this one's row."""
+    return (f"{minutes:g} min, head {head}" + (f", seed {seed}" if seed else "")
+            + (f", {' '.join(extra)}" if extra else ""))
+
+
 def _main(argv: list[str] | None) -> list[dict[str, Any]]:
     a, extra = parse_args(argv)
     from benchmarks import camvid_budget
@@ -104,7 +110,7 @@ def _main(argv: list[str] | None) -> list[dict[str, Any]]:
     rows = []
     for h in heads:
         argv_h = ["--minutes", f"{a.minutes:g}", "--seed", str(a.seed), "--data", data, "--group", "heads",
-                  "--label", f"{a.minutes:g} min, head {h}", "--project", str(project), "--out", a.out,
+                  "--label", label(a.minutes, h, a.seed, extra), "--project", str(project), "--out", a.out,
                   "--store", a.store, *(["--no-onnx"] if a.no_onnx else []), "--", *flags[h], *extra]
         rows.append(camvid_budget._main(argv_h))
     return rows

@@ -107,7 +107,8 @@ def part_loader(args: argparse.Namespace) -> list[dict[str, Any]]:
         for amp, workers in [(False, 0), (True, 0), (True, 1), (True, 2)]:
             t0 = time.time()
             s = train.run(data=str(data), cfg=MODELS["yolov8n"]["cfg"], img_size=list(args.img_size), epochs=1,
-                          batch_size=args.batch_size, workers=workers, amp=amp, project=str(tmp / "runs"),
+                          batch_size=args.batch_size, workers=workers, precision="bf16" if amp else "fp32",
+                          project=str(tmp / "runs"),
                           name=f"w{workers}{'bf16' if amp else 'fp32'}", cache=args.cache, tb_images=1,
                           warmup_epochs=0, loss="ce+dice")
             with open(Path(s["save_dir"]) / "results.csv", newline="") as f:

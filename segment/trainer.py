@@ -115,7 +115,8 @@ class Trainer:
             ddp.barrier()
         self.data = load_data_config(a.data)
         # The dataset check runs before anything is written: a bad dataset leaves no run folder behind.
-        reports = preflight(self.data, ["train", "val"], skip_bad=a.skip_bad, workers=max(a.workers, 1), log=self.log)
+        reports = preflight(self.data, ["train", "val"], skip_bad=a.skip_bad, workers=max(a.workers, 1), log=self.log,
+                            require_objects=True)
         if self.main:
             ddp.barrier()
         self.data_identity = {s: dataset_identity(r.items, self.data.root) for s, r in reports.items()}
@@ -164,9 +165,16 @@ class Trainer:
             self.lr_progress = None
             factor = lr_lambda(a.epochs * ipe, round(a.warmup_epochs * ipe), a.lrf, a.cos_lr)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
-        self.amp_dtype, amp_msg = autocast_dtype(self.device, a.precision, self._precision_probe)
-        self.log(amp_msg)
+        # A resumed run keeps the recorded choice; a checkpoint from before --precision existed says only
+        # amp on/off, which meant bf16 wherever native: that rule again (no probe), so the resume is exact.
+        probe = None if self.resume_ckpt is not None else self._precision_probe
+        self.amp_dtype, amp_msg = autocast_dtype(self.device, a.precision, probe)
+        codes = {None: 0.0, torch.bfloat16: 1.0, torch.float16: 2.0}
+        self.amp_dtype = {v: k for k, v in codes.items()}[ddp.from_rank0(codes[self.amp_dtype], self.device)]
+        self.log(amp_msg)  # rank 0's line, and rank 0's choice for every rank
         self.amp = self.amp_dtype is not None
+        # validation's autocast is fp16 on CUDA (and none on CPU): only for a model trained in fp16
+        self.val_amp = self.amp_dtype is torch.float16
         # the choice is recorded (args.yaml, checkpoints): a resumed run keeps it instead of measuring again
         a.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         # bf16 has fp32's exponent range: only fp16 needs loss scaling
@@ -195,24 +203,24 @@ class Trainer:
         # epoch (a kill may have come between the two); its TensorBoard events are purged and its scalars
         # written again (image grids are not kept). A mid-epoch last.pt comes after the last epoch's logs.
         st = self.state
-        relog = self.resume_ckpt is not None and st.next_step == 0 and bool(st.rows)
+        # (checkpoints from before this order existed were written after the logs and hold no class_iou)
+        relog = (self.resume_ckpt is not None and st.next_step == 0 and bool(st.rows)
+                 and "class_iou" in (self.resume_ckpt.get("metrics") or {}))
         purge = None if self.resume_ckpt is None else st.next_epoch + (0 if relog else 1)
         self.logger = RunLogger(self.save_dir, self.data, enabled=self.main, purge_step=purge)
         if self.main:
             self.logger.write_args(vars(a))
             if relog:
                 optional_output("TensorBoard/results.csv", lambda: self.logger.relog(
-                    st.rows, (self.resume_ckpt.get("metrics") or {}).get("class_iou", {})), self.log)
+                    st.rows, self.resume_ckpt["metrics"]["class_iou"]), self.log)
 
     def _precision_probe(self) -> tuple[float, float]:
-        """(fp32, bf16) ms of one training step of this run's model, batch and input size; every rank
-        measures (they share the machine) and rank 0's figures decide for all."""
+        """(fp32, bf16) ms of one training step of this run's model, batch and input size (no collective:
+        a rank that measures decides only for itself, and the caller takes rank 0's decision)."""
         from segment.precision import probe_step_ms
 
         a = self.args
-        fp32_ms, bf16_ms = probe_step_ms(unwrap(self.model), self.loss_fn, a.batch_size, tuple(a.crop or a.img_size),
-                                         self.data.nc)
-        return ddp.from_rank0(fp32_ms, self.device), ddp.from_rank0(bf16_ms, self.device)
+        return probe_step_ms(unwrap(self.model), self.loss_fn, a.batch_size, tuple(a.crop or a.img_size), self.data.nc)
 
     def _read_initial_weights(self) -> dict[str, torch.Tensor] | None:
         w = self.args.weights
@@ -426,7 +434,7 @@ class Trainer:
         a, st = self.args, self.state
         t0 = time.perf_counter()
         ddp.broadcast_module(self._eval_model())  # every rank scores rank 0's weights, the ones saved
-        res = evaluate(self._eval_model(), self.val_loader, self.data, self.device, self.loss_fn, self.amp,
+        res = evaluate(self._eval_model(), self.val_loader, self.data, self.device, self.loss_fn, self.val_amp,
                        keep_examples=a.tb_images if self.main else 0, progress=self.main)
         sums = ddp.sum_dict(st.sums, self.device)  # the losses of every rank's shard
         speed = ddp.sum_dict(st.speed, self.device)
@@ -562,7 +570,7 @@ class Trainer:
             else:
                 model = build_model(self.model_cfg).to(self.device, memory_format=torch.channels_last).eval()
             ddp.broadcast_module(model)
-            res: EvalResult = evaluate(model, self.val_loader, self.data, self.device, amp=self.amp,
+            res: EvalResult = evaluate(model, self.val_loader, self.data, self.device, amp=self.val_amp,
                                        keep_examples=8 if self.main else 0, desc="best.pt val", progress=self.main)
             optional_output("final plots", lambda: self.logger.final_plots(st.rows, res), self.log)
             summary["best_metrics"] = res.metrics

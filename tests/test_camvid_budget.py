@@ -34,7 +34,7 @@ def test_merge_keeps_other_rows_and_the_text_around(tmp_path):
     table = text.split(camvid_budget.START)[1].split(camvid_budget.END)[0]
     lines = [ln for ln in table.splitlines() if ln.startswith("| ") and "min, seed" in ln]
     # budget rows sorted by minutes; the per-class table repeats them with IoU in percent
-    assert lines[0].startswith("| 15 min, seed 0 | 15 | 0 | **45.0** | 60.0 | 12 | 9.5 | 15.0 | 14.0 | - | 1.50 | 2026-12-02, ? |")
+    assert lines[0].startswith("| 15 min, seed 0 | 15 | 0 | **45.0** | 60.0 | 12 | 9.5 | 15.0 | 14.0 | - | 1.50 | 2026-12-02, m, ? |")
     assert lines[1].startswith("| 60 min, seed 0 | 60 | 0 | **56.3** |")
     assert "| 15 min, seed 0 | 90.0 | 12.5 |" in table and len(json.loads(store.read_text())) == 2
 
@@ -72,7 +72,7 @@ def test_heads_rows_get_their_own_table_and_head_specs_become_recipe_flags(tmp_p
     table = out.read_text().split(camvid_budget.START)[1].split(camvid_budget.END)[0]
     runs, heads = table.split("Heads at one budget")
     assert "6 min, head ocr" not in runs.split("Test IoU")[0]
-    assert "| 6 min, head ocr | 2.67 | 9.06 | **31.2** | 60.0 | 12 | 9.5 | 14.0 | - | 1.50 | 2026-12-02, ? |" in heads
+    assert "| 6 min, head ocr | 2.67 | 9.06 | **31.2** | 60.0 | 12 | 9.5 | 14.0 | - | 1.50 | 2026-12-02, m, ? |" in heads
     assert head_flags("graph") == [] and head_flags("lraspp") == ["--head", "lraspp"]
     assert head_flags("unet@attention=scse") == ["--head", "unet", "--head-args", "attention=scse"]
     for bad in ("nohead", "graph@width=3"):

@@ -235,13 +235,16 @@ def test_binary_masks_with_ignore_255_are_refused_and_a_mix_is_warned(tmp_path):
         cv2.imwrite(str(f), np.where(m > 0, 255, 0).astype(np.uint8))
     logged: list[str] = []
     preflight(load_data_config(yaml_path), ["train", "val"], log=logged.append)
-    assert len(logged) == 1 and logged[0].startswith("warning: 1 of 3 'train' masks hold only 0 and 255")
+    assert len(logged) == 1 and logged[0].startswith("warning: 1 of 3 'train' masks hold no value but 0 and 255")
     assert "binary masks saved as 0/255" in logged[0] and "remap 255 -> 1" in logged[0]
     for f in masks[1:]:  # now every file
         m = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
         cv2.imwrite(str(f), np.where(m > 0, 255, 0).astype(np.uint8))
-    with pytest.raises(UserError) as e:
-        preflight(load_data_config(yaml_path), ["train", "val"], skip_bad=True, log=logged.append)
+    logged.clear()
+    preflight(load_data_config(yaml_path), ["train", "val"], log=logged.append)  # scoring it (val.py): a warning
+    assert len(logged) == 1 and logged[0].startswith("warning: no 'train' mask holds any pixel of classes 1..1")
+    with pytest.raises(UserError) as e:  # training on it: an error, even with --skip-bad
+        preflight(load_data_config(yaml_path), ["train", "val"], skip_bad=True, log=logged.append, require_objects=True)
     msg = str(e.value)
     assert "no 'train' mask holds any pixel of classes 1..1" in msg and "would score mIoU 1.0" in msg
     assert "remap 255 -> 1" in msg and "empty or missing split" not in msg

@@ -158,6 +158,24 @@ def test_exif_orientation_rule_matches_opencv(tmp_path, orientation, op):
     assert np.array_equal(out, cv2.cvtColor(cv2.imread(str(tmp_path / "a.jpg")), cv2.COLOR_BGR2RGB))
 
 
+def test_images_above_pils_pixel_limit_decode_in_the_check_and_in_training(tmp_path, monkeypatch):
+    """Aerial tiles exceed PIL's decompression-bomb limit; PIL checks it when opening and, for TIFF, again
+    when loading. With the limit patched down to 500 px, 40x56 images (2240 px, > 2x the limit) stand in."""
+    rgb = (np.arange(40 * 56 * 3) % 251).astype(np.uint8).reshape(40, 56, 3)
+    Image.fromarray(rgb).save(tmp_path / "big.tif")
+    Image.fromarray(rgb).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "big.tif").load()  # what PIL alone does
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no DecompressionBombWarning either
+        for name in ("big.tif", "big.png"):
+            assert np.array_equal(decode_image(tmp_path / name), rgb), name
+    assert Image.MAX_IMAGE_PIXELS == 500  # put back after each decode
+
+
 def test_exif_oriented_images_are_counted_once_per_split(tmp_path):
     y = write_dataset(tmp_path / "d", {"train": 4, "val": 2})
     root = tmp_path / "d"
@@ -468,6 +486,27 @@ def _unfinished_copy(run: Path, dest: Path, **state) -> Path:
     ckpt["train"]["state"].update(state)
     save_checkpoint(ckpt, dest / "weights" / "last.pt")
     return dest
+
+
+def test_resume_of_a_checkpoint_from_before_precision_existed_keeps_bf16(finished_run, tmp_path, monkeypatch):
+    """Such a checkpoint says only amp: true, which meant bf16 wherever native. The resume must not time the
+    two precisions again (it could switch mid-run); it takes the old rule, and relogs nothing it cannot."""
+    from segment import precision
+    from segment.trainer import Trainer
+    from utils import torch_utils
+
+    _, run, _ = finished_run
+    old = _unfinished_copy(run, tmp_path / "old")
+    ckpt = load_checkpoint(old / "weights" / "last.pt")
+    del ckpt["args"]["precision"]
+    ckpt["args"]["amp"] = True
+    ckpt["metrics"].pop("class_iou")
+    save_checkpoint(ckpt, old / "weights" / "last.pt")
+    monkeypatch.setattr(torch_utils, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision, "probe_step_ms", lambda *a, **k: pytest.fail("a resume must not re-measure"))
+    t = Trainer(train.build_parser().parse_args(["--resume", str(old / "weights" / "last.pt")]))
+    assert t.amp_dtype is torch.bfloat16 and t.args.precision == "bf16"
+    t.logger.close()
 
 
 def test_abbreviated_flags_are_seen_with_resume(finished_run, tmp_path, capsys):

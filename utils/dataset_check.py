@@ -172,16 +172,18 @@ def _label_problems(data: DataConfig, r: SplitReport) -> tuple[str | None, str |
                 f"there is nothing to learn and class 0 alone would score mIoU 1.0"
                 + (f"; {hint_0_255}" if r.ignore_pixels and data.ignore_index == 255 else "")), None
     if r.zero_ignore_only:
-        return None, (f"warning: {r.zero_ignore_only} of {len(r.items)} '{r.split}' masks hold only 0 and 255 "
+        return None, (f"warning: {r.zero_ignore_only} of {len(r.items)} '{r.split}' masks hold no value but 0 and 255 "
                       f"(= ignore_index) while the others have objects; if those files are {hint_0_255}")
     return None, None
 
 
 def preflight(data: DataConfig, splits: list[str], skip_bad: bool = False, workers: int = 4,
-              log: Callable[[str], None] = print) -> dict[str, SplitReport]:
+              log: Callable[[str], None] = print, require_objects: bool = False) -> dict[str, SplitReport]:
     """Check ``splits``; report every problem of every split and raise UserError unless ``skip_bad`` drops them.
 
     An empty or missing split is always an error; ``skip_bad`` only drops individual bad files.
+    ``require_objects`` (training): a train split without any pixel of classes 1..nc-1 is an error too;
+    scoring such a split (val.py --split train, INT8 calibration) is legitimate and only warned about.
     """
     reports: dict[str, SplitReport] = {}
     missing: list[tuple[str, str]] = []  # split-level problems: --skip-bad cannot help
@@ -193,7 +195,10 @@ def preflight(data: DataConfig, splits: list[str], skip_bad: bool = False, worke
             missing.append((s, str(e)))
             empty |= isinstance(e, EmptySplitError)
     labels = {s: _label_problems(data, r) for s, r in reports.items() if s == "train"}
-    missing += [(s, err) for s, (err, _) in labels.items() if err]
+    if require_objects:
+        missing += [(s, err) for s, (err, _) in labels.items() if err]
+    else:  # not training on it: the error becomes a warning
+        labels = {s: (None, warn or (f"warning: {err}" if err else None)) for s, (err, warn) in labels.items()}
     per_file = [(s, p) for s, r in reports.items() for p in r.problems]
     emptied = [(s, f"no usable image/mask pairs left after dropping {r.num_bad} bad one(s)")
                for s, r in reports.items() if not r.items and skip_bad]

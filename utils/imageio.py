@@ -11,6 +11,7 @@ is not defined, so any conversion would be a guess.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -23,9 +24,10 @@ EXIF_ORIENTATION = 0x0112
 # Large images are legitimate in segmentation (aerial tiles); PIL's decompression-bomb limit would
 # otherwise refuse them during training although the check passed. The check and training share it.
 _MAX_PIXELS = 1 << 30
-# PIL reads its limit from a module global when a file is opened; the dataset check decodes on threads,
-# so the raise-and-restore around Image.open is serialised (opening only parses the header: cheap).
-_OPEN_LOCK = threading.Lock()
+# PIL reads its limit from a module global, when a file is opened and again when a TIFF is loaded; the
+# dataset check decodes on threads, so raising and restoring it is serialised: around every open (a
+# header parse: cheap) and around the load of the rare image above PIL's own limit.
+_LIMIT_LOCK = threading.Lock()
 
 
 class ImageDecodeError(ValueError):
@@ -49,9 +51,14 @@ def decode_image_with_orientation(path: str | os.PathLike) -> tuple[np.ndarray, 
     """(RGB uint8 H x W x 3 array, EXIF orientation of the file) with the orientation rule applied."""
     path = Path(path)
     try:
-        with _open_large(path) as im:
+        with _raised_limit():
+            im = Image.open(path)
+        with im:
             orientation = exif_orientation(im)  # as stored in the file
-            im.load()  # a full decode: a truncated file fails here, not in a training worker
+            limit = Image.MAX_IMAGE_PIXELS
+            large = limit is not None and im.width * im.height > limit
+            with _raised_limit() if large else contextlib.nullcontext():
+                im.load()  # a full decode: a truncated file fails here, not in a training worker
             # PIL's TIFF decoder applies the orientation itself while loading (and drops the tag)
             pending = exif_orientation(im)
             mode = im.mode
@@ -79,13 +86,16 @@ def decode_image_with_orientation(path: str | os.PathLike) -> tuple[np.ndarray, 
     return np.ascontiguousarray(rgb), orientation
 
 
-def _open_large(path: Path) -> Image.Image:
-    """Image.open with the pixel limit raised to _MAX_PIXELS for this call only (thread-safe)."""
-    with _OPEN_LOCK, warnings.catch_warnings():
+@contextlib.contextmanager
+def _raised_limit():
+    """PIL's decompression-bomb limit raised to _MAX_PIXELS (its warning silenced) inside the block only."""
+    with _LIMIT_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, _MAX_PIXELS
+        old = Image.MAX_IMAGE_PIXELS
+        if old is not None and old < _MAX_PIXELS:  # never lower a limit someone raised or removed
+            Image.MAX_IMAGE_PIXELS = _MAX_PIXELS
         try:
-            return Image.open(path)
+            yield
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
