@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -77,13 +76,15 @@ def train(a: argparse.Namespace, extra: list[str], name: str) -> tuple[Path, flo
            "--project", a.project, "--name", name, "--exist-ok", *extra]
     print("$ " + " ".join(cmd), flush=True)
     t0 = time.time()
-    rc = subprocess.call(cmd, cwd=REPO)
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    # this child's own peak (KiB on Linux): RUSAGE_CHILDREN would be the running maximum over every child
+    # this process has had, wrong for the second and later heads of camvid_heads.py
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = rc = os.waitstatus_to_exitcode(status)
     wall = time.time() - t0
     if rc != 0:
         raise SystemExit(f"training failed (exit code {rc}): {' '.join(cmd)}")
-    # ru_maxrss of the children: the largest resident set of any of them (KiB on Linux)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20
-    return (REPO / a.project / name).resolve(), wall, peak
+    return (REPO / a.project / name).resolve(), wall, usage.ru_maxrss / 2 ** 20
 
 
 def training_figures(run: Path) -> dict[str, Any]:
