@@ -169,14 +169,15 @@ class Trainer:
         # amp on/off, which meant bf16 wherever native: that rule again (no probe), so the resume is exact.
         probe = None if self.resume_ckpt is not None else self._precision_probe
         self.amp_dtype, amp_msg = autocast_dtype(self.device, a.precision, probe)
-        codes = {None: 0.0, torch.bfloat16: 1.0, torch.float16: 2.0}
-        self.amp_dtype = {v: k for k, v in codes.items()}[ddp.from_rank0(codes[self.amp_dtype], self.device)]
+        dtypes, names = (None, torch.bfloat16, torch.float16), ("fp32", "bf16", "fp16")
+        choice = int(ddp.from_rank0(float(dtypes.index(self.amp_dtype)), self.device))
+        self.amp_dtype = dtypes[choice]
         self.log(amp_msg)  # rank 0's line, and rank 0's choice for every rank
         self.amp = self.amp_dtype is not None
         # validation's autocast is fp16 on CUDA (and none on CPU): only for a model trained in fp16
         self.val_amp = self.amp_dtype is torch.float16
         # the choice is recorded (args.yaml, checkpoints): a resumed run keeps it instead of measuring again
-        a.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        a.precision = names[choice]
         # bf16 has fp32's exponent range: only fp16 needs loss scaling
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ema = ModelEMA(self.model) if a.ema else None
