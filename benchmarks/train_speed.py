@@ -41,6 +41,7 @@ MODELS = {
 def step_ms(name: str, img_size: tuple[int, int], batch: int, steps: int, bf16: bool, channels_last: bool,
             nc: int = 11) -> float:
     """Median ms of one training step (random images and masks)."""
+    from segment.precision import train_step_times
     from segment.trainer import build_optimizer
 
     model = build_model(model_config(nc, **MODELS[name])).train()
@@ -51,18 +52,7 @@ def step_ms(name: str, img_size: tuple[int, int], batch: int, steps: int, bf16: 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, *img_size, generator=g).contiguous(memory_format=fmt)
     y = torch.randint(0, nc, (batch, *img_size), generator=g)
-    times = []
-    for i in range(steps + 2):  # two warm-up steps
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = model(x)
-        loss, _ = loss_fn(out, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= 2:
-            times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return statistics.median(train_step_times(model, loss_fn, opt, x, y, (bf16,), steps, warmup=2)[bf16])
 
 
 def part_steps(args: argparse.Namespace) -> list[dict[str, Any]]:

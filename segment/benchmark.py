@@ -130,22 +130,17 @@ def cpu_latency_ms(model: nn.Module, img_size: tuple[int, int], runs: int, warmu
 
 
 def train_step_ms(model: nn.Module, img_size: tuple[int, int], nc: int, batch: int, runs: int) -> float:
-    """Median wall time (ms) of one SGD step (forward, cross-entropy, backward, update) on random data."""
+    """Median wall time (ms) of one SGD step (forward, cross-entropy, backward, update) on random data, fp32."""
+    from segment.precision import train_step_times
+
+    def ce(out: Any, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return F.cross_entropy(out["out"] if isinstance(out, dict) else out, y), {}
+
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.rand(batch, 3, *img_size)
     y = torch.randint(0, nc, (batch, *img_size))
-    times = []
-    for i in range(1 + runs):  # the first step allocates optimizer state: untimed
-        t0 = time.perf_counter()
-        out = model(x)
-        loss = F.cross_entropy(out["out"] if isinstance(out, dict) else out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return statistics.median(train_step_times(model, ce, opt, x, y, (False,), runs)[False])
 
 
 def benchmark_row(backbone: str, head: str, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -183,6 +183,6 @@ def validate_args(args: argparse.Namespace, resuming: bool = False, explicit: se
         check_model_flags(args, explicit)
     parse_loss_spec(args.loss)
     parse_class_weights(args.class_weights)
-    if args.cache not in (None, "", "none", "ram"):
-        raise UserError(f"--cache {args.cache}: use 'ram' or leave it out")
+    if args.cache not in (None, "", "none", "ram", "auto"):
+        raise UserError(f"--cache {args.cache}: use auto, ram or none")
     resolve_defaults(args)

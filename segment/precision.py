@@ -12,37 +12,42 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 
+def train_step_times(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                     y: torch.Tensor, variants: Sequence[bool], steps: int, warmup: int = 1) -> dict[bool, list[float]]:
+    """ms of each timed training step (forward, loss, backward, optimiser step) per variant (True = bf16 autocast).
+
+    ``loss_fn(outputs, y)`` returns (loss, parts). The variants alternate step by step, so a slower
+    moment of a shared machine hits all of them; the first ``warmup`` rounds are not timed (oneDNN picks
+    its kernels and the optimiser allocates its state there).
+    """
+    times: dict[bool, list[float]] = {v: [] for v in variants}
+    for i in range(warmup + steps):
+        for bf16 in variants:
+            t0 = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, _ = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times[bf16].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
 def probe_step_ms(model: nn.Module, loss_fn: Callable, batch: int, hw: tuple[int, int], nc: int,
                   steps: int = 3) -> tuple[float, float]:
-    """(fp32, bf16) median ms of a training step (forward, loss, backward, optimiser) on random data.
-
-    The two precisions alternate step by step, so a slower moment of a shared machine hits both."""
+    """(fp32, bf16) median ms of a training step of a copy of ``model`` on random data, one warm-up each."""
     m = copy.deepcopy(model).train()
     opt = torch.optim.SGD(m.parameters(), lr=0.0)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 3, *hw, generator=g).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, nc, (batch, *hw), generator=g)
-
-    def step(bf16: bool) -> float:
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = loss_fn(m(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return (time.perf_counter() - t0) * 1e3
-
-    times: dict[bool, list[float]] = {False: [], True: []}
     with torch.random.fork_rng(devices=[]):  # dropout draws from the global RNG: leave it as it was
-        for i in range(steps + 1):
-            for bf16 in (False, True):
-                ms = step(bf16)
-                if i:  # the first step of each is a warm-up (oneDNN picks its kernels)
-                    times[bf16].append(ms)
+        times = train_step_times(m, loss_fn, opt, x, y, (False, True), steps)
     return statistics.median(times[False]), statistics.median(times[True])

@@ -32,7 +32,8 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--img-size", type=int, nargs="+", default=[640], help="training size: H [W]")
     g.add_argument("--crop", type=int, nargs="+", default=None,
                    help="training crop H [W] taken after resize to --img-size and random scale (default: --img-size)")
-    g.add_argument("--cache", default=None, choices=[None, "ram"], help="keep decoded images in RAM")
+    g.add_argument("--cache", default="auto", choices=["auto", "ram", "none"],
+                   help="keep decoded images in RAM: auto (when train+val decode to <= 1 GiB and a quarter of free memory), ram, none")
     g.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0], help="random scale range (train)")
     g.add_argument("--fliplr", type=float, default=0.5, help="horizontal flip probability (train)")
     g.add_argument("--color-jitter", type=float, default=0.3, help="brightness/contrast/saturation jitter (train)")

@@ -37,7 +37,7 @@ from utils.checkpoint import (all_finite, load_checkpoint, load_matching, save_c
                               torchvision_keys)
 from utils.dataconfig import load_data_config
 from utils.dataset_check import preflight
-from utils.datasets import SegDataset, build_loader, class_weights_from_counts
+from utils.datasets import SegDataset, build_loader, cache_plan, class_weights_from_counts, decoded_bytes
 from utils.errors import UserError
 from utils.files import check_run_name, run_dir
 from utils import distributed as ddp
@@ -140,16 +140,25 @@ class Trainer:
         crop = parse_crop(a.crop, self.img_size)
         a.crop = list(crop) if crop is not None else None
         aug = AugmentConfig(a.scale_range[0], a.scale_range[1], a.fliplr, a.color_jitter, crop)
-        self.train_ds = SegDataset(reports["train"].items, self.data.mask_spec,
-                                   train_transform(self.img_size, self.data.ignore_index, aug), train=True, cache=a.cache)
-        if self.train_ds.cache_bytes():
-            self.log(f"Cached {len(self.train_ds)} training images in RAM ({self.train_ds.cache_bytes() / 2**20:.0f} MiB)")
+        spec = self.data.mask_spec
+        cache_train, cache_val, note = cache_plan(a.cache, decoded_bytes(reports["train"], spec),
+                                                  decoded_bytes(reports["val"], spec))
+        if note:
+            self.log(note)
+        self.train_ds = SegDataset(reports["train"].items, spec, train_transform(self.img_size, self.data.ignore_index, aug),
+                                   train=True, cache="ram" if cache_train else None)
         self.train_loader = build_loader(self.train_ds, a.batch_size, a.workers, shuffle=True, seed=a.seed,
                                          rank=self.rank, world_size=self.world_size, pin_memory=self.device.type == "cuda")
         if len(self.train_loader) == 0:
             raise UserError(f"--batch-size {a.batch_size} is larger than this rank's {len(self.train_loader.sampler)} training images")
         self.val_loader = eval_loader(self.data, "val", self.img_size, a.batch_size, a.workers, a.skip_bad,
-                                      cache=a.cache, log=lambda *_: None, rank=self.rank, world_size=self.world_size)
+                                      cache="ram" if cache_val else None, log=lambda *_: None, rank=self.rank,
+                                      world_size=self.world_size)
+        cached = self.train_ds.cache_bytes() + self.val_loader.dataset.cache_bytes()
+        if cached:
+            self.log(f"Cached {len(self.train_ds) if cache_train else 0} training and "
+                     f"{len(self.val_loader.dataset) if cache_val else 0} val images in RAM ({cached / 2**20:.0f} MiB, "
+                     f"--cache {a.cache})")
 
         cw = self._class_weights(reports["train"].class_pixels)
         self.loss_fn = SegLoss(a.loss, self.data.ignore_index, cw, a.aux_weight, self.model.output_weights).to(self.device)

@@ -145,6 +145,28 @@ def test_precision_probe_times_both_and_changes_nothing():
     assert torch.equal(torch.get_rng_state(), rng)  # dropout ran (the unet head has it): the stream is put back
 
 
+def test_train_step_times_alternates_precisions_and_steps_the_optimiser():
+    """The one step timer (probe, train_speed.py, benchmark.py --train-step): variants alternate step by
+    step, warm-up rounds are untimed, every step updates the weights."""
+    from segment.precision import train_step_times
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, 1)
+    before = model.weight.detach().clone()
+    seen = []
+
+    def loss_fn(out, y):
+        seen.append(out.dtype)
+        return torch.nn.functional.cross_entropy(out.float(), y), {}
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.rand(2, 3, 4, 4), torch.randint(0, 2, (2, 4, 4))
+    times = train_step_times(model, loss_fn, opt, x, y, (False, True), steps=3, warmup=2)
+    assert sorted(times) == [False, True] and all(len(t) == 3 and min(t) > 0 for t in times.values())
+    assert seen == [torch.float32, torch.bfloat16] * 5  # 2 warm-up + 3 timed rounds, alternating
+    assert not torch.equal(model.weight, before) and model.weight.grad is None  # stepped, grads cleared
+
+
 @pytest.mark.parametrize("over, probe, expect", [
     ({"precision": "auto"}, (100.0, 167.0), torch.float32),  # auto, fp32 measured faster
     ({"precision": "auto"}, (900.0, 600.0), torch.bfloat16),  # auto, bf16 measured faster

@@ -633,6 +633,45 @@ def test_cache_ram_gives_bit_identical_items(tiny_data):
     assert all(torch.equal(va[i][0], vb[i][0]) and torch.equal(va[i][1], vb[i][1]) for i in range(len(items)))
 
 
+def test_cache_plan_hand_computed():
+    from utils.datasets import AUTO_CACHE_LIMIT, cache_plan
+
+    assert cache_plan("auto", 100, 50, free=1000) == (True, True, None)  # limit min(1 GiB, 1000 / 4) = 250
+    assert cache_plan("auto", 200, 100, free=1000) == (True, False, None)  # train fits, train + val does not
+    train, val, note = cache_plan("auto", 300, 10, free=1000)
+    assert (train, val) == (False, True) and "~0.0 GiB decoded is over --cache auto's 0.0 GiB" in note
+    assert cache_plan("auto", AUTO_CACHE_LIMIT, 0, free=None)[:2] == (True, True)  # no /proc/meminfo: 1 GiB
+    assert cache_plan("auto", AUTO_CACHE_LIMIT + 1, 0, free=2**40)[0] is False  # 1 GiB even with 1 TiB free
+    assert cache_plan("ram", 2**40, 2**40, free=0) == (True, True, None)  # forced
+    assert cache_plan("none", 1, 1, free=2**40) == cache_plan(None, 1, 1) == (False, False, None)
+    with pytest.raises(UserError, match="--cache disk: use auto, ram or none"):
+        cache_plan("disk", 1, 1)
+
+
+@pytest.mark.parametrize("cache, limit, expect", [
+    ("auto", None, (True, True)), ("none", None, (False, False)), ("auto", 8 * 40 * 56 * 4 + 1, (True, False))])
+def test_trainer_caches_what_cache_auto_allows(tiny_data, tmp_path, monkeypatch, cache, limit, expect):
+    """The default --cache auto caches the tiny dataset (train 8 and val 4 images of 40x56: the check's pixel
+    counts give exactly the bytes the cache then holds); with a limit between train and train + val only
+    train is cached; --cache none caches nothing."""
+    from segment.trainer import Trainer
+    from utils import datasets
+
+    monkeypatch.setattr(datasets, "available_memory", lambda: None)
+    if limit is not None:
+        monkeypatch.setattr(datasets, "AUTO_CACHE_LIMIT", limit)
+    args = train.build_parser().parse_args([])
+    assert args.cache == "auto"  # the default
+    for k, v in {**TINY, "epochs": 1, "data": str(tiny_data), "project": str(tmp_path / "runs"), "workers": 0,
+                 "cache": cache}.items():
+        setattr(args, k, v)
+    t = Trainer(args)
+    per_image = 40 * 56 * 4  # RGB uint8 + a uint8 mask
+    got = (t.train_ds.cache_bytes(), t.val_loader.dataset.cache_bytes())
+    assert got == (8 * per_image if expect[0] else 0, 4 * per_image if expect[1] else 0)
+    assert datasets.decoded_bytes(check_split(load_data_config(tiny_data), "train"), t.data.mask_spec) == 8 * per_image
+
+
 @pytest.mark.parametrize("clip, expect", [(1.0, 2.0 - 1.0), (0.0, 2.0 - 100.0), (1e9, 2.0 - 100.0)])
 def test_grad_clip_clips_exactly(clip, expect):
     """One parameter with gradient 100 and plain SGD (lr 1): clipping to 1 moves it by exactly 1; --grad-clip 0
