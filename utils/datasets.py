@@ -59,7 +59,7 @@ def cache_plan(mode: str | None, train_bytes: int, val_bytes: int,
 
     auto caches what fits in min(AUTO_CACHE_LIMIT, free memory / 4), train first: decoding a small
     dataset again every epoch costs more than the model's step on a CPU (half of the data time of the
-    quickstart went to PNG decoding), while a large one would not fit.
+    quickstart went to JPEG/PNG decoding), while a large one would not fit.
     """
     if mode in (None, "", "none"):
         return False, False, None
