@@ -183,15 +183,16 @@ def test_grad_clip_zero_means_no_clipping(tiny_data, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not found ($SEG_DATASETS_DIR/camvid or ../shared/datasets/camvid)")
-def test_camvid_one_epoch_small(tmp_path, monkeypatch):
-    """The same commands work on the real dataset (a tiny run: 96x128, one epoch)."""
+def test_camvid_two_epochs_small(tmp_path, monkeypatch):
+    """The same commands work on the real dataset (a tiny run: 96x128, two epochs)."""
     monkeypatch.setenv("SEG_DATASETS_DIR", str(CAMVID.parent))
-    s = train.run(data="data/camvid.yaml", img_size=[96, 128], epochs=1, batch_size=16, workers=0,
+    s = train.run(data="data/camvid.yaml", img_size=[96, 128], epochs=2, batch_size=16, workers=0,
                   project=str(tmp_path), name="cv", cfg="models/yolov8n_seg.yaml", device="cpu")
-    # one epoch from scratch (measured: mIoU 0.149, pixel acc 0.51). Baselines that learn nothing: always
-    # 'Road' (the largest class, 32% of the pixels) scores pixel acc 0.32 and mIoU 0.32 / 11 = 0.03; a uniform
-    # random guess mIoU ~0.05. The bounds sit clearly above both.
-    assert s["best_fitness"] > 0.10 and s["best_metrics"]["pixel_acc"] > 0.40
+    # Baselines that learn nothing: always 'Road' (the largest class, 32% of the pixels) scores pixel acc 0.32
+    # and mIoU 0.32 / 11 = 0.03; a uniform random guess mIoU ~0.05. One epoch (22 steps, all in the LR
+    # warm-up) was too close to them to bound: 0.088-0.151 mIoU, pixel acc 0.37-0.51 over seeds 0-2 and two
+    # commits. Two epochs, seeds 0-3, fp32 (measured 2026-12-02): mIoU 0.151-0.188, pixel acc 0.58-0.62.
+    assert s["best_fitness"] > 0.10 and s["best_metrics"]["pixel_acc"] > 0.45
     out = val.run(weights=str(Path(s["save_dir"]) / "weights" / "best.pt"), split="test", project=str(tmp_path),
                   name="t", workers=0, batch_size=16)
     assert out["num_images"] == 233 and list(out["per_class"])[10] == "Bicyclist"
