@@ -1,6 +1,8 @@
 """Inference speed side by side: PyTorch eager fp32 (channels-last and NCHW), PyTorch bf16 autocast,
 ONNX Runtime fp32 and INT8, at batch 1 and 8, for the yolov8n graph, mobilenet_v3_large+segment and
-resnet18+unet (random weights: speed does not depend on them; INT8 is calibrated on random images).
+resnet18+unet (random weights: speed does not depend on them; INT8 goes through export's own
+`segment.int8.quantize`, calibrated here on random images). The engine runs eager models channels-last
+(segment/common.py); the NCHW column is there to show why.
 
 Usage:
     python benchmarks/inference_speed.py --threads 2 --img-size 360 480 > speed.md
@@ -25,7 +27,7 @@ import torch
 from models.model import build_model, model_config
 from segment.export import export_onnx
 from segment.onnx_backend import OnnxBackend
-from utils.torch_utils import preferred_memory_format
+from segment.int8 import quantize
 
 MODELS = {"yolov8n graph": dict(cfg="models/yolov8n_seg.yaml"),
           "mobilenet_v3_large+segment": dict(backbone="mobilenet_v3_large", head="segment"),
@@ -42,31 +44,16 @@ def ms_per_image(fn: Callable[[], Any], batch: int, runs: int) -> float:
     return statistics.median(times)
 
 
-class _RandomCalib:
-    def __init__(self, shape: tuple[int, ...], n: int = 4) -> None:
-        self.shape, self.n, self.i = shape, n, 0
-
-    def get_next(self) -> dict[str, Any] | None:
-        self.i += 1
-        return {"images": torch.rand(self.shape).numpy()} if self.i <= self.n else None
-
-    def rewind(self) -> None:
-        self.i = 0
-
-
 def bench_model(name: str, kw: dict[str, Any], size: tuple[int, int], batches: list[int], runs: int,
                 threads: int, tmp: Path) -> list[dict[str, Any]]:
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     model = build_model(model_config(11, **kw)).eval().fuse()
     rows = []
     onnx_fp32 = tmp / f"{name.replace('+', '_').replace(' ', '_')}.onnx"
     export_onnx(model, onnx_fp32, size, 1, True, 17, False, {"names": [str(i) for i in range(11)], "nc": 11})
     onnx_int8 = onnx_fp32.with_name(onnx_fp32.stem + "-int8.onnx")
-    reader = _RandomCalib((1, 3, *size))
-    CalibrationDataReader.register(_RandomCalib)
-    quantize_static(str(onnx_fp32), str(onnx_int8), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    g = torch.Generator().manual_seed(0)
+    calib = [(torch.randint(0, 256, (3, *size), dtype=torch.uint8, generator=g),) for _ in range(4)]
+    quantize(onnx_fp32, onnx_int8, calib)
     ort32, ort8 = OnnxBackend(onnx_fp32, threads=threads), OnnxBackend(onnx_int8, threads=threads)
     for b in batches:
         x = torch.rand(b, 3, *size)
@@ -76,10 +63,8 @@ def bench_model(name: str, kw: dict[str, Any], size: tuple[int, int], batches: l
                 model.to(memory_format=fmt)
                 xf = x.contiguous(memory_format=fmt)
                 row[label] = ms_per_image(lambda: model(xf), b, runs)
-            pref = preferred_memory_format(model)
-            model.to(memory_format=pref)
-            xp = x.contiguous(memory_format=pref)
-            row["preferred"] = "NCHW" if pref == torch.contiguous_format else "NHWC"
+            model.to(memory_format=torch.channels_last)  # bf16 in the engine's layout
+            xp = x.contiguous(memory_format=torch.channels_last)
 
             def bf16() -> Any:
                 with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -111,10 +96,10 @@ def main() -> None:
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "?")
     print(f"ms per image at {size[0]}x{size[1]}, {a.threads} threads, median of {a.runs}; {cpu}, torch {torch.__version__}")
-    print("\n| model | batch | " + " | ".join(cols) + " | preferred_memory_format |")
-    print("|---|---:|" + "---:|" * len(cols) + "---|")
+    print("\n| model | batch | " + " | ".join(cols) + " |")
+    print("|---|---:|" + "---:|" * len(cols))
     for r in rows:
-        print(f"| {r['model']} | {r['batch']} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + f" | {r['preferred']} |")
+        print(f"| {r['model']} | {r['batch']} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " |")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ def prepare_int8(args: argparse.Namespace, ckpt: dict[str, Any], img_size: tuple
 class _Reader:
     """onnxruntime.quantization CalibrationDataReader over the calibration images (one at a time)."""
 
-    def __init__(self, ds: SegDataset, input_name: str, batch: int) -> None:
+    def __init__(self, ds: Sequence[tuple[Any, ...]], input_name: str, batch: int) -> None:
         self.ds, self.input_name, self.batch = ds, input_name, batch
         self._it: Iterator[dict[str, np.ndarray]] | None = None
 
@@ -85,8 +85,13 @@ class _Reader:
         self._it = None
 
 
-def quantize(fp32: Path, dst: Path, calib: SegDataset, quant_format: str = "qdq", batch: int = 1) -> None:
-    """Static INT8 quantization of ``fp32`` into ``dst`` (metadata carried over)."""
+def quantize(fp32: Path, dst: Path, calib: Sequence[tuple[Any, ...]], quant_format: str = "qdq",
+             batch: int = 1) -> None:
+    """Static INT8 quantization of ``fp32`` into ``dst`` (metadata carried over).
+
+    ``calib``: items whose first element is a uint8 CHW image tensor at the graph's size (a SegDataset
+    with the eval transform; benchmarks/inference_speed.py passes random images).
+    """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -633,14 +633,19 @@ def test_cache_ram_gives_bit_identical_items(tiny_data):
     assert all(torch.equal(va[i][0], vb[i][0]) and torch.equal(va[i][1], vb[i][1]) for i in range(len(items)))
 
 
-def test_cache_plan_hand_computed():
+def test_cache_plan_hand_computed(monkeypatch):
+    from utils import datasets
     from utils.datasets import AUTO_CACHE_LIMIT, cache_plan
 
     assert cache_plan("auto", 100, 50, free=1000) == (True, True, None)  # limit min(1 GiB, 1000 / 4) = 250
     assert cache_plan("auto", 200, 100, free=1000) == (True, False, None)  # train fits, train + val does not
     train, val, note = cache_plan("auto", 300, 10, free=1000)
     assert (train, val) == (False, True) and "~0.0 GiB decoded is over --cache auto's 0.0 GiB" in note
-    assert cache_plan("auto", AUTO_CACHE_LIMIT, 0, free=None)[:2] == (True, True)  # no /proc/meminfo: 1 GiB
+    monkeypatch.setattr(datasets, "available_memory", lambda: None)  # no /proc/meminfo: the 1 GiB limit alone
+    assert cache_plan("auto", AUTO_CACHE_LIMIT, 0)[:2] == (True, True)
+    assert cache_plan("auto", AUTO_CACHE_LIMIT + 1, 0)[0] is False
+    monkeypatch.setattr(datasets, "available_memory", lambda: 400)  # free memory read when not given: 400 / 4
+    assert cache_plan("auto", 100, 0)[:2] == (True, True) and cache_plan("auto", 101, 0)[:2] == (False, True)
     assert cache_plan("auto", AUTO_CACHE_LIMIT + 1, 0, free=2**40)[0] is False  # 1 GiB even with 1 TiB free
     assert cache_plan("ram", 2**40, 2**40, free=0) == (True, True, None)  # forced
     assert cache_plan("none", 1, 1, free=2**40) == cache_plan(None, 1, 1) == (False, False, None)

@@ -52,13 +52,6 @@ def cpu_has_native_bf16() -> bool:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def depthwise_share(model: nn.Module) -> float:
-    """Share of the model's Conv2d layers that are depthwise (groups == in_channels > 1)."""
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    depthwise = sum(1 for m in convs if m.groups > 1 and m.groups == m.in_channels)
-    return depthwise / len(convs) if convs else 0.0
-
-
 def autocast_dtype(device: torch.device, precision: str = "auto",
                    probe: Callable[[], tuple[float, float]] | None = None) -> tuple[torch.dtype | None, str]:
     """Mixed-precision dtype for training on ``device`` and a line saying what was chosen and why.
@@ -179,15 +172,3 @@ class ModelEMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
         self.decay, self.tau = float(state["decay"]), float(state["tau"])
-
-
-def preferred_memory_format(model: nn.Module) -> torch.memory_format:
-    """Memory format to run ``model`` in on CPU: channels-last unless it is built on depthwise convolutions.
-
-    oneDNN's NHWC convolutions are faster for dense convs (ResNet, YOLO graphs). Issue 9 measured
-    mobilenet_v3_large+segment slower per image at batch 8 than at batch 1; the suspected cause is
-    NHWC depthwise convs. NOT YET CONFIRMED: benchmarks/inference_speed.py prints both layouts per
-    model so the rule below (NCHW when at least a quarter of the convs are depthwise) can be checked
-    and tuned on a quiet machine; it currently keeps NHWC for mobilenet_v3_large.
-    """
-    return torch.contiguous_format if depthwise_share(model) >= 0.25 else torch.channels_last
