@@ -1,8 +1,8 @@
 """Read a zip-format torch file whose pickle holds whole modules, without importing or running any of it.
 
 The reference YOLO implementation saves its checkpoints (yolov8n-cls.pt, yolo11n-cls.pt, ...) as pickles of
-its module objects, so ``torch.load(weights_only=True)`` refuses them and ``weights_only=False`` would run
-whatever the file names. ``read_module_pickle`` unpickles ``data.pkl`` from the zip itself with a restricted
+its module objects, so ``torch.load(weights_only=True)`` refuses them, and loading them with the
+unrestricted unpickler would run whatever the file names. ``read_module_pickle`` unpickles ``data.pkl`` from the zip itself with a restricted
 ``pickle.Unpickler`` whose ``find_class`` answers only:
 
 * tensor rebuilding (``torch._utils._rebuild_tensor_v2`` / ``_rebuild_parameter``), replaced by our own
