@@ -46,15 +46,17 @@ DCN_OPSET = 19  # first ONNX opset with DeformConv
 
 
 class ExportModule(nn.Module):
-    """What is exported: the model's main output, optionally ending in argmax -> uint8 class ids."""
+    """What is exported: the model's main output, optionally ending in argmax -> class ids (uint8; int32
+    when there are more than 256 classes, which uint8 would wrap)."""
 
     def __init__(self, model: SegmentationModel, argmax: bool = False) -> None:
         super().__init__()
         self.model, self.argmax = model, argmax
+        self.label_dtype = torch.uint8 if model.nc <= 256 else torch.int32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.model(x)
-        return y.argmax(1).to(torch.uint8) if self.argmax else y
+        return y.argmax(1).to(self.label_dtype) if self.argmax else y
 
 
 def _deform_conv_symbolic(g: Any, x: Any, w: Any, offset: Any, mask: Any, b: Any, stride_h: int, stride_w: int,

@@ -58,6 +58,10 @@ def prepare_int8(args: argparse.Namespace, ckpt: dict[str, Any], img_size: tuple
     # spread the calibration images over the whole split rather than its first (often one-sequence) files
     step = max(1, len(report.items) // args.calib_images)
     items = report.items[::step][: args.calib_images]
+    batch = 1 if args.dynamic else max(1, args.batch_size)  # calibration runs the graph at its own batch
+    if len(items) < batch:
+        raise UserError(f"--calib-images {args.calib_images}: {len(items)} calibration image(s) do not fill one "
+                        f"batch of the static graph (--batch-size {batch}); use at least {batch} images, or --dynamic")
     calib = SegDataset(items, data.mask_spec, val_transform(img_size), train=False)
     val_loader = eval_loader(data, "val", img_size, max(1, args.batch_size), args.workers)
     return Int8Plan(data, calib, val_loader, img_size)
@@ -140,10 +144,11 @@ def quantize_and_score(fp32: Path, dst: Path, plan: Int8Plan, args: argparse.Nam
     t0 = time.perf_counter()
     static_batch = None if args.dynamic else args.batch_size
     quantize(fp32, dst, plan.calib, args.quant_format, static_batch or 1)
-    print(f"INT8 ({args.quant_format.upper()}, per-channel weights, MinMax over {len(plan.calib)} training images) "
+    used = len(plan.calib) // (static_batch or 1) * (static_batch or 1)  # the calibration reads whole batches
+    print(f"INT8 ({args.quant_format.upper()}, per-channel weights, MinMax over {used} training images) "
           f"in {time.perf_counter() - t0:.1f} s")
     threads = args.threads or None
-    out: dict[str, Any] = {"quant_format": args.quant_format, "calib_images": len(plan.calib)}
+    out: dict[str, Any] = {"quant_format": args.quant_format, "calib_images": used}
     for name, path in (("fp32", fp32), ("int8", dst)):
         be = OnnxBackend(path, threads=threads)
         res = evaluate(be, plan.val_loader, plan.data, torch.device("cpu"), desc=f"val {name}", progress=False)

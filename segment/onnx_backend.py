@@ -63,7 +63,8 @@ class OnnxBackend:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu", names: Sequence[str] | None = None,
-                 palette: Sequence[Sequence[int]] | None = None, threads: int | None = None) -> None:
+                 palette: Sequence[Sequence[int]] | None = None, threads: int | None = None,
+                 ignore_index: int | None = None) -> None:
         ort = import_ort()
         self.path = Path(path)
         if not self.path.is_file():
@@ -89,9 +90,11 @@ class OnnxBackend:
             if meta.get("nc") is not None and len(names) != int(meta["nc"]):
                 raise UserError(f"{self.path}: the model has {meta['nc']} classes but {len(names)} names were given")
             meta["names"], meta["nc"] = list(names), len(names)
-        if palette is not None:
+        # palette and ignore_index (e.g. from --data) stand in only where the graph records none
+        if palette is not None and not meta.get("palette"):
             meta["palette"] = [list(c) for c in palette]
-        meta.setdefault("ignore_index", 255)
+        if meta.get("ignore_index") is None:
+            meta["ignore_index"] = 255 if ignore_index is None else int(ignore_index)
         self.meta = meta
         self.names: list[str] = list(meta["names"])
         self.nc = int(meta["nc"])
@@ -115,11 +118,19 @@ class OnnxBackend:
             raise UserError(f"{self.path.name}: exported for {self.fixed_size[0]}x{self.fixed_size[1]} inputs only, "
                             f"got {x.shape[-2]}x{x.shape[-1]}; use that --img-size or re-export with --dynamic")
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy()  # ORT wants plain NCHW
-        if self.fixed_batch is not None and arr.shape[0] != self.fixed_batch:
-            # a static-batch graph: run it image by image (or in its batch) rather than refusing
-            parts = [self._run(x[i: i + self.fixed_batch]) for i in range(0, arr.shape[0], self.fixed_batch)]
-            return np.concatenate(parts)
-        return self.session.run([self.output_name], {self.input_name: arr})[0]
+        b = self.fixed_batch
+        if b is None or arr.shape[0] == b:
+            return self.session.run([self.output_name], {self.input_name: arr})[0]
+        # a static-batch graph: run it in chunks of its batch rather than refusing; a short last chunk
+        # is filled up with copies of its last image, whose outputs are dropped
+        parts = []
+        for i in range(0, arr.shape[0], b):
+            chunk = arr[i: i + b]
+            k = chunk.shape[0]
+            if k < b:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - k, axis=0)])
+            parts.append(self.session.run([self.output_name], {self.input_name: chunk})[0][:k])
+        return np.concatenate(parts)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """float32 logits (N, nc, H, W) on ``x``'s device.

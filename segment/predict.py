@@ -56,10 +56,12 @@ class Predictor:
     def __init__(self, weights: str | os.PathLike, device: str = "", img_size: Sequence[int] | None = None,
                  slide: Sequence[int] | None = None, overlap: float = 1 / 3, slide_scale: float = 1.0,
                  tta: bool = False, tta_scales: Sequence[float] | None = None, flip: bool = True,
-                 batch_size: int = 8, names: Sequence[str] | None = None, half: bool = False) -> None:
+                 batch_size: int = 8, names: Sequence[str] | None = None, half: bool = False,
+                 ignore_index: int | None = None, palette: Sequence[Sequence[int]] | None = None) -> None:
         self.device = select_device(device)
         self.cfg: InferenceConfig = inference_config(slide, overlap, slide_scale, tta, tta_scales, not flip, batch_size)
-        self.backend: Backend = load_backend(weights, self.device, names=names, amp=half)
+        extra = {k: v for k, v in (("ignore_index", ignore_index), ("palette", palette)) if v is not None}
+        self.backend: Backend = load_backend(weights, self.device, names=names, amp=half, **extra)
         meta = self.backend.meta
         fixed = tuple(self.backend.fixed_size) if self.backend.fixed_size else None
         self.img_size = parse_img_size(img_size or meta.get("img_size") or fixed)
@@ -104,6 +106,9 @@ class Predictor:
 
     def probabilities(self, image: np.ndarray | str | os.PathLike) -> np.ndarray:
         """(nc, H, W) float32 class probabilities of one image (summing to 1 per pixel)."""
+        if getattr(self.backend, "outputs_labels", False):
+            raise UserError(f"{self.backend}: an --argmax graph outputs class ids, not probabilities; "
+                            f"export without --argmax for probabilities")
         return self.scores([self._as_rgb(image)], probs=True)[0].float().cpu().numpy()
 
 
@@ -303,15 +308,16 @@ def run(**kwargs: Any) -> dict[str, Any]:
         if not hasattr(args, k):
             raise TypeError(f"predict.run() got an unknown argument '{k}'")
         setattr(args, k, v)
-    names = None
-    if args.data:
+    names, fallback = None, {}
+    if args.data:  # stands in for what an .onnx exported elsewhere does not record
         from utils.dataconfig import load_data_config
 
-        names = load_data_config(args.data).names
+        data = load_data_config(args.data)
+        names, fallback = data.names, {"ignore_index": data.ignore_index, "palette": data.palette}
     # everything is checked before the run folder exists: a refused run leaves nothing behind
     sources = resolve_sources(str(args.source))
     pred = Predictor(args.weights, args.device, args.img_size, args.slide, args.overlap, args.slide_scale, args.tta,
-                     args.tta_scales, not args.no_flip, args.batch_size, names, args.half)
+                     args.tta_scales, not args.no_flip, args.batch_size, names, args.half, **fallback)
     if args.save_conf and getattr(pred.backend, "outputs_labels", False):
         raise UserError("--save-conf: this ONNX graph was exported with --argmax and returns class ids, not "
                         "probabilities; export without --argmax to save confidence maps")

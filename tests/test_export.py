@@ -2,6 +2,7 @@
 import json
 import sys
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -186,3 +187,75 @@ def test_registry_parity_dynamic(backbone, head, tmp_path):
                                         ("yolov8_seg.yaml", "n"), ("yolov9t_seg.yaml", None)])
 def test_yolo_yaml_parity_dynamic(yaml, scale, tmp_path):
     _parity(model_config(3, cfg=f"models/{yaml}", scale=scale), tmp_path)
+
+
+def test_static_batch_graph_runs_any_batch_and_int8_needs_a_full_batch(setup, tmp_path, capsys):
+    """A graph exported with --batch-size 4 runs 6 images (a full chunk and a short one filled up with
+    copies) and val's 3-image batch, with the .pt's results; --int8 refuses calibration images that do
+    not fill one batch of it, before anything is written."""
+    tmp, data, weights = setup
+    out = tmp_path / "b4.onnx"
+    export.main(["--weights", str(weights), "--batch-size", "4", "--output", str(out)])
+    be = OnnxBackend(out)
+    assert be.fixed_batch == 4
+    model = export.load_model(weights, torch.device("cpu"))[0]
+    x = torch.rand(6, 3, 40, 56)
+    with torch.no_grad():
+        assert (be(x) - model(x)).abs().max() <= 1e-4
+    a = val.run(weights=str(weights), data=str(data), project=str(tmp_path), name="pt", workers=0)
+    b = val.run(weights=str(out), project=str(tmp_path), name="b4", workers=0)
+    assert abs(a["mIoU"] - b["mIoU"]) <= 1e-3 and b["num_images"] == 3
+    _fails(["--weights", str(weights), "--batch-size", "4", "--int8", "--data", str(data), "--calib-images", "2",
+            "--output", str(tmp_path / "q.onnx")], capsys, "do not fill one batch")
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "q-int8.onnx").exists()
+
+
+def test_argmax_graph_keeps_class_ids_above_255(tmp_path):
+    """uint8 would wrap class 280 to 24: with more than 256 classes the argmax graph outputs int32."""
+    torch.manual_seed(0)
+    model = build_model(model_config(300, backbone="mobilenet_v3_small", head="segment")).eval().fuse()
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 300][-1]
+    with torch.no_grad():
+        last.bias[280] += 1e3  # class 280 wins everywhere
+    path = tmp_path / "am300.onnx"
+    export.export_onnx(model, path, (32, 32), 1, False, 17, True, {"names": [str(i) for i in range(300)], "nc": 300})
+    be = OnnxBackend(path)
+    assert be.outputs_labels and be.session.get_outputs()[0].type == "tensor(int32)"
+    labels = be.labels(torch.rand(1, 3, 32, 32))
+    assert labels.shape == (1, 32, 32) and bool((labels == 280).all())
+
+
+def test_data_yaml_stands_in_for_missing_ignore_index_and_palette(setup, tmp_path):
+    """An .onnx without our metadata takes names, ignore_index and palette from --data in predict (masks
+    of dropped classes hold the YAML's ignore index, not 255); a graph's own metadata wins; an argmax
+    graph refuses Predictor.probabilities."""
+    from segment import predict
+    from utils.yamlio import dump_yaml, load_yaml
+
+    tmp, data, weights = setup
+    src = export.main(["--weights", str(weights), "--output", str(tmp_path / "m.onnx")])["file"]
+    proto = onnx.load(src)
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, str(bare))
+    cfg = load_yaml(data)
+    cfg.update(ignore_index=7, palette=[[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    data7 = tmp_path / "data7.yaml"
+    data7.write_text(dump_yaml(cfg))
+    assert OnnxBackend(bare, names=["a", "b", "c"], ignore_index=7).meta["ignore_index"] == 7
+    assert OnnxBackend(src, ignore_index=7, palette=[[0, 0, 0]] * 3).meta["ignore_index"] == 255  # its own wins
+    img = sorted((data.parent / "images" / "val").iterdir())[0]
+    ref = predict.Predictor(weights)(str(img))
+    keep = int(ref[0, 0])  # a class that really occurs, so both kept and dropped pixels exist unless uniform
+    predict.run(weights=str(bare), source=str(img), data=str(data7), classes=[keep], project=str(tmp_path / "runs"),
+                name="bare")
+    import cv2
+
+    mask = cv2.imread(str(tmp_path / "runs" / "bare" / "masks" / f"{img.stem}.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(mask, np.where(ref == keep, keep, 7))
+    colour = cv2.imread(str(tmp_path / "runs" / "bare" / "color" / f"{img.stem}.png"))[..., ::-1]
+    assert tuple(colour[0, 0]) == tuple(cfg["palette"][keep])
+    am = tmp_path / "am.onnx"
+    export.main(["--weights", str(weights), "--argmax", "--output", str(am)])
+    with pytest.raises(UserError, match="not probabilities"):
+        predict.Predictor(am).probabilities(str(img))
