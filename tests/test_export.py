@@ -112,13 +112,20 @@ def test_refusals_write_nothing(setup, tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx"]
 
 
-def test_onnx_without_metadata_needs_names(setup, tmp_path):
-    tmp, data, weights = setup
+def _export_with_and_without_metadata(weights, tmp_path):
+    """m.onnx as export.py writes it, and bare.onnx: the same graph with our metadata stripped (as if
+    exported by another tool)."""
     src = export.main(["--weights", str(weights), "--output", str(tmp_path / "m.onnx")])["file"]
     proto = onnx.load(src)
     del proto.metadata_props[:]
     bare = tmp_path / "bare.onnx"
     onnx.save(proto, str(bare))
+    return src, bare
+
+
+def test_onnx_without_metadata_needs_names(setup, tmp_path):
+    tmp, data, weights = setup
+    src, bare = _export_with_and_without_metadata(weights, tmp_path)
     with pytest.raises(UserError, match="no unet-lite metadata"):
         OnnxBackend(bare)
     be = OnnxBackend(bare, names=["a", "b", "c"])
@@ -236,11 +243,7 @@ def test_data_yaml_stands_in_for_missing_ignore_index_and_palette(setup, tmp_pat
     from utils.yamlio import dump_yaml, load_yaml
 
     tmp, data, weights = setup
-    src = export.main(["--weights", str(weights), "--output", str(tmp_path / "m.onnx")])["file"]
-    proto = onnx.load(src)
-    del proto.metadata_props[:]
-    bare = tmp_path / "bare.onnx"
-    onnx.save(proto, str(bare))
+    src, bare = _export_with_and_without_metadata(weights, tmp_path)
     cfg = load_yaml(data)
     cfg.update(ignore_index=7, palette=[[1, 2, 3], [4, 5, 6], [7, 8, 9]])
     data7 = tmp_path / "data7.yaml"
