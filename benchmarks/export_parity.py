@@ -26,6 +26,7 @@ import torch
 from models.model import build_model, model_config
 from segment.export import ARGMAX_AGREE, LOGIT_TOL, check_sizes, export_onnx, test_inputs, verify
 from segment.onnx_backend import OnnxBackend
+from utils.torch_utils import randomize_bn
 from utils.yamlio import load_yaml
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -43,23 +44,11 @@ def yolo_variants() -> list[tuple[str, str | None]]:
     return out
 
 
-def randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial BatchNorm statistics and affine terms, so Conv+BN folding is really compared."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-            m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-            m.weight.data.copy_(0.5 + torch.rand(n, generator=g))
-            m.bias.data.copy_(0.1 * torch.randn(n, generator=g))
-
-
 def check_one(yaml: str, scale: str | None, img_size: tuple[int, int], opset: int, tmp: Path) -> dict[str, Any]:
     """Build, fuse, export dynamic and verify one variant; a row for the table."""
     torch.manual_seed(0)
     model = build_model(model_config(3, cfg=f"models/{yaml}", scale=scale)).eval()
-    randomise_bn(model)
+    randomize_bn(model)
     model.fuse()
     params = sum(p.numel() for p in model.parameters())
     path = tmp / "m.onnx"

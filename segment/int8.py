@@ -34,6 +34,7 @@ class Int8Plan:
     calib: SegDataset
     val_loader: torch.utils.data.DataLoader
     img_size: tuple[int, int]
+    batch: int  # the graph's static batch (1 for a dynamic graph): calibration and timing run at it
 
 
 def int8_path(fp32: Path) -> Path:
@@ -64,7 +65,7 @@ def prepare_int8(args: argparse.Namespace, ckpt: dict[str, Any], img_size: tuple
                         f"batch of the static graph (--batch-size {batch}); use at least {batch} images, or --dynamic")
     calib = SegDataset(items, data.mask_spec, val_transform(img_size), train=False)
     val_loader = eval_loader(data, "val", img_size, max(1, args.batch_size), args.workers)
-    return Int8Plan(data, calib, val_loader, img_size)
+    return Int8Plan(data, calib, val_loader, img_size, batch)
 
 
 class _Reader:
@@ -142,9 +143,8 @@ def ort_latency_ms(backend: OnnxBackend, batch: int, img_size: tuple[int, int], 
 def quantize_and_score(fp32: Path, dst: Path, plan: Int8Plan, args: argparse.Namespace) -> dict[str, Any]:
     """Quantize, then score fp32 and int8 on val and time both; prints and returns the comparison."""
     t0 = time.perf_counter()
-    static_batch = None if args.dynamic else args.batch_size
-    quantize(fp32, dst, plan.calib, args.quant_format, static_batch or 1)
-    used = len(plan.calib) // (static_batch or 1) * (static_batch or 1)  # the calibration reads whole batches
+    quantize(fp32, dst, plan.calib, args.quant_format, plan.batch)
+    used = len(plan.calib) // plan.batch * plan.batch  # the calibration reads whole batches
     print(f"INT8 ({args.quant_format.upper()}, per-channel weights, MinMax over {used} training images) "
           f"in {time.perf_counter() - t0:.1f} s")
     threads = args.threads or None
@@ -153,12 +153,12 @@ def quantize_and_score(fp32: Path, dst: Path, plan: Int8Plan, args: argparse.Nam
         be = OnnxBackend(path, threads=threads)
         res = evaluate(be, plan.val_loader, plan.data, torch.device("cpu"), desc=f"val {name}", progress=False)
         out[name] = {"mIoU": float(res.metrics["mIoU"]),
-                     "ms_per_image": ort_latency_ms(be, static_batch or 1, plan.img_size)}
+                     "ms_per_image": ort_latency_ms(be, plan.batch, plan.img_size)}
     f, q = out["fp32"], out["int8"]
     out["speedup"] = f["ms_per_image"] / q["ms_per_image"]
     out["miou_drop_points"] = 100 * (f["mIoU"] - q["mIoU"])
     h, w = plan.img_size
     print(f"val mIoU fp32 {f['mIoU']:.4f}  int8 {q['mIoU']:.4f}  ({out['miou_drop_points']:+.2f} points lost); "
-          f"ORT latency at {h}x{w}, batch {static_batch or 1}: fp32 {f['ms_per_image']:.1f} ms, "
+          f"ORT latency at {h}x{w}, batch {plan.batch}: fp32 {f['ms_per_image']:.1f} ms, "
           f"int8 {q['ms_per_image']:.1f} ms ({out['speedup']:.2f}x)")
     return out

@@ -149,12 +149,11 @@ class OnnxBackend:
         out = torch.from_numpy(self._run(x))
         return (out.long() if self.outputs_labels else out.argmax(1)).to(x.device)
 
-    # nn.Module-like no-ops so code written for a PyTorch model can hold a backend too
-    def eval(self) -> "OnnxBackend":
+    def train(self, mode: bool = True) -> "OnnxBackend":
+        """nn.Module-like no-op (also bound as ``eval``), so code written for a PyTorch model can hold a backend."""
         return self
 
-    def train(self, mode: bool = True) -> "OnnxBackend":
-        return self
+    eval = train
 
     @property
     def training(self) -> bool:

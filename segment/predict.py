@@ -60,8 +60,8 @@ class Predictor:
                  ignore_index: int | None = None, palette: Sequence[Sequence[int]] | None = None) -> None:
         self.device = select_device(device)
         self.cfg: InferenceConfig = inference_config(slide, overlap, slide_scale, tta, tta_scales, not flip, batch_size)
-        extra = {k: v for k, v in (("ignore_index", ignore_index), ("palette", palette)) if v is not None}
-        self.backend: Backend = load_backend(weights, self.device, names=names, amp=half, **extra)
+        self.backend: Backend = load_backend(weights, self.device, names=names, amp=half, ignore_index=ignore_index,
+                                             palette=palette)
         meta = self.backend.meta
         fixed = tuple(self.backend.fixed_size) if self.backend.fixed_size else None
         self.img_size = parse_img_size(img_size or meta.get("img_size") or fixed)

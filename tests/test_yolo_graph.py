@@ -16,7 +16,7 @@ from models.elan import RepConv
 from models.parser import GraphBackbone, GraphHead, parse_model
 from models.summary import format_layer_table, layer_summary
 from utils.errors import UserError
-from utils.torch_utils import count_params
+from utils.torch_utils import count_params, randomize_bn
 
 ROOT = Path(__file__).resolve().parents[1]
 NC = 5
@@ -32,18 +32,6 @@ def build(cfg: str, scale: str | None = None, head: str | None = None, nc: int =
 
 def load_graph(cfg: str) -> dict:
     return yaml.safe_load((ROOT / "models" / cfg).read_text())
-
-
-def randomize_bn(model: nn.Module) -> None:
-    """Non-trivial BN statistics, so that fusing them is actually tested."""
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
 # --- every file at every scale ------------------------------------------------------------------------

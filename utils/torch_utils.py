@@ -52,6 +52,20 @@ def cpu_has_native_bf16() -> bool:
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+def randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    """Give every BatchNorm2d non-trivial statistics and affine terms (fresh ones are the identity), so a
+    check of Conv+BN folding or of an export really compares something."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+
+
 def autocast_dtype(device: torch.device, precision: str = "auto",
                    probe: Callable[[], tuple[float, float]] | None = None) -> tuple[torch.dtype | None, str]:
     """Mixed-precision dtype for training on ``device`` and a line saying what was chosen and why.
