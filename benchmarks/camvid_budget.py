@@ -92,7 +92,8 @@ def training_figures(run: Path) -> dict[str, Any]:
     with open(run / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     speeds = [float(r["train/img_per_s"]) for r in rows if r.get("train/img_per_s") not in (None, "", "nan")]
-    return {"epochs": len(rows), "val_mIoU": max(float(r["val/mIoU"]) for r in rows),
+    # epochs left unscored by --val-period have an empty val/mIoU
+    return {"epochs": len(rows), "val_mIoU": max(float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")),
             "img_per_s": statistics.median(speeds) if speeds else float("nan")}
 
 

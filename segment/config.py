@@ -37,6 +37,7 @@ NUMERIC_FLAGS: dict[str, _Check] = {
     "workers": _int_at_least(0),
     "seed": _int_at_least(0),
     "patience": _int_at_least(0),
+    "val_period": _int_at_least(1),
     "nan_patience": _int_at_least(1),
     "tb_images": _int_at_least(0),
     "lr0": _num(0, lo_open=True),

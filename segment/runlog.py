@@ -57,16 +57,17 @@ class RunLogger:
         return prediction_grid(images, [_resize_ids(t, hw) for t in targets], [_resize_ids(p, hw) for p in preds],
                                self.palette, self.data.ignore_index)
 
-    def log_epoch(self, rows: list[dict[str, float]], res: EvalResult,
+    def log_epoch(self, rows: list[dict[str, float]], res: EvalResult | None,
                   train_batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None) -> None:
-        """Write results.csv (all rows, atomically) and the last row's epoch to TensorBoard."""
+        """Write results.csv (all rows, atomically) and the last row's epoch to TensorBoard
+        (``res`` None: an epoch without validation, training scalars only)."""
         if not self.enabled:
             return
         self.write_results(rows)
         row = rows[-1]
         step = int(row["epoch"])
-        self._scalars(row, {name: c["iou"] for name, c in res.metrics["per_class"].items()})
-        if res.examples:
+        self._scalars(row, {name: c["iou"] for name, c in res.metrics["per_class"].items()} if res else {})
+        if res is not None and res.examples:
             images = torch.stack([e[0] for e in res.examples])
             grid = self._grid(images, [e[1] for e in res.examples], [e[2] for e in res.examples])
             self.tb.add_image("val/input|truth|prediction", grid, step, dataformats="HWC")

@@ -72,6 +72,9 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact reruns)")
     g.add_argument("--patience", type=int, default=50, help="early stop after this many epochs without improvement (0 = off)")
+    g.add_argument("--val-period", type=int, default=1,
+                   help="validate every N epochs (always the first, the last and a --time run's final one); "
+                        "best.pt and --patience see validated epochs only")
     g.add_argument("--save-period", type=int, default=-1, help="also save weights/epochN.pt every N epochs")
     g.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest run, or the given last.pt")
     g.add_argument("--tb-images", type=int, default=4, help="rows in the TensorBoard prediction grids")

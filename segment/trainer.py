@@ -213,16 +213,18 @@ class Trainer:
         # epoch (a kill may have come between the two); its TensorBoard events are purged and its scalars
         # written again (image grids are not kept). A mid-epoch last.pt comes after the last epoch's logs.
         st = self.state
-        # (checkpoints from before this order existed were written after the logs and hold no class_iou)
+        # (checkpoints from before this order existed were written after the logs and hold no class_iou;
+        # an epoch without validation (--val-period) has no metrics, and only this order writes such epochs)
+        ckpt_metrics = (self.resume_ckpt or {}).get("metrics") or {}
         relog = (self.resume_ckpt is not None and st.next_step == 0 and bool(st.rows)
-                 and "class_iou" in (self.resume_ckpt.get("metrics") or {}))
+                 and ("class_iou" in ckpt_metrics or "val/mIoU" not in st.rows[-1]))
         purge = None if self.resume_ckpt is None else st.next_epoch + (0 if relog else 1)
         self.logger = RunLogger(self.save_dir, self.data, enabled=self.main, purge_step=purge)
         if self.main:
             self.logger.write_args(vars(a))
             if relog:
                 optional_output("TensorBoard/results.csv", lambda: self.logger.relog(
-                    st.rows, self.resume_ckpt["metrics"]["class_iou"]), self.log)
+                    st.rows, ckpt_metrics.get("class_iou", {})), self.log)
 
     def _precision_probe(self) -> tuple[float, float]:
         """(fp32, bf16) ms of one training step of this run's model, batch and input size (no collective:
@@ -367,7 +369,7 @@ class Trainer:
             if self.budget is not None and self.main:
                 # the epoch's last step also counts the validation that follows it (TimeBudget's doc)
                 last = step == start + len(loader) - 1 and epoch + 1 < a.epochs
-                progress = self.budget.progress(self.budget.epoch_end if last else 0.0)
+                progress = self.budget.progress(self.budget.end_cost(self._validates(epoch)) if last else 0.0)
             nonfinite, signalled, progress = ddp.agree(
                 [float(not torch.isfinite(loss)), float(self.stop_signal is not None), progress], self.device)
             # a step skipped on one rank is skipped on all (no rank may enter the gradient all-reduce alone)
@@ -440,12 +442,26 @@ class Trainer:
     def _eval_model(self) -> nn.Module:
         return self.ema.ema if self.ema is not None else unwrap(self.model)
 
+    def _validates(self, epoch: int) -> bool:
+        """Whether ``epoch`` ends with a validation: every --val-period-th epoch, and always the first
+        (an early check of the whole pipeline, and the cost the budget reserves), the last and the one a
+        time budget ends (best.pt is chosen among validated epochs only, so the final weights are scored)."""
+        a = self.args
+        period = getattr(a, "val_period", 1)  # checkpoints from before the flag validated every epoch
+        return period <= 1 or epoch == 0 or epoch + 1 >= a.epochs or (epoch + 1) % period == 0 or self.state.time_up
+
     def _end_epoch(self, epoch: int) -> None:
         a, st = self.args, self.state
         t0 = time.perf_counter()
-        ddp.broadcast_module(self._eval_model())  # every rank scores rank 0's weights, the ones saved
-        res = evaluate(self._eval_model(), self.val_loader, self.data, self.device, self.loss_fn, self.val_amp,
-                       keep_examples=a.tb_images if self.main else 0, progress=self.main)
+        validate = self._validates(epoch)
+        if not validate and self.budget is not None:
+            # a budget that runs out between epochs (the check below) must end on a validated epoch
+            validate = bool(ddp.agree([float(self.budget.only_wrap_up_fits(0.0))], self.device)[0])
+        res: EvalResult | None = None
+        if validate:
+            ddp.broadcast_module(self._eval_model())  # every rank scores rank 0's weights, the ones saved
+            res = evaluate(self._eval_model(), self.val_loader, self.data, self.device, self.loss_fn, self.val_amp,
+                           keep_examples=a.tb_images if self.main else 0, progress=self.main)
         sums = ddp.sum_dict(st.sums, self.device)  # the losses of every rank's shard
         speed = ddp.sum_dict(st.speed, self.device)
         n = max(sums.get("n", 0.0), 1.0)
@@ -457,15 +473,18 @@ class Trainer:
         secs = speed["seconds"] / self.world_size
         row["train/img_per_s"] = speed["images"] / secs if secs > 0 else float("nan")
         row["train/data_wait"] = speed["wait"] / speed["seconds"] if speed["seconds"] > 0 else float("nan")
-        row.update({"val/loss": res.loss, "val/mIoU": res.metrics["mIoU"], "val/pixel_acc": res.metrics["pixel_acc"],
-                    "val/mean_acc": res.metrics["mean_acc"], "val/mDice": res.metrics["mDice"]})
+        improved = False
+        if res is not None:
+            row.update({"val/loss": res.loss, "val/mIoU": res.metrics["mIoU"], "val/pixel_acc": res.metrics["pixel_acc"],
+                        "val/mean_acc": res.metrics["mean_acc"], "val/mDice": res.metrics["mDice"]})
+            fitness = res.metrics["mIoU"]
+            improved = math.isfinite(fitness) and fitness > st.best_fitness  # NaN is never best
+            if improved:
+                st.best_fitness, st.best_epoch = fitness, epoch + 1
         st.rows.append(row)
-        fitness = res.metrics["mIoU"]
-        improved = math.isfinite(fitness) and fitness > st.best_fitness  # NaN is never best
-        if improved:
-            st.best_fitness, st.best_epoch = fitness, epoch + 1
         st.next_epoch, st.next_step, st.rng = epoch + 1, 0, {}  # an epoch start reseeds: no RNG state to keep
-        patience_hit = a.patience > 0 and epoch + 1 - st.best_epoch >= a.patience
+        # judged at validated epochs only: an unscored epoch says nothing about improvement
+        patience_hit = res is not None and a.patience > 0 and epoch + 1 - st.best_epoch >= a.patience
         st.stopped_early = patience_hit and epoch + 1 < a.epochs
         if self.budget is not None and not st.time_up and epoch + 1 < a.epochs:
             # decided before saving, so a kill during the wrap-up resumes into the wrap-up only; the
@@ -475,15 +494,17 @@ class Trainer:
             if st.time_up:
                 self.log(f"Time budget of {a.time:g} h reached after epoch {epoch + 1}")
         if self.main:
-            self._save(epoch, best=improved, metrics=res.metrics)  # first: the epoch is safe before any extra
+            self._save(epoch, best=improved, metrics=res.metrics if res else None)  # first: the epoch is safe
             # optional outputs: a failure is a warning, never the loss of the epoch just trained
-            optional_output("TensorBoard/results.csv", lambda: self.logger.log_epoch(st.rows, res, self._train_grid_batch(epoch)),
-                            self.log)
+            # (the image grids come with validations only: they show the eval model next to its scores)
+            optional_output("TensorBoard/results.csv", lambda: self.logger.log_epoch(
+                st.rows, res, self._train_grid_batch(epoch) if res is not None else None), self.log)
+            val = f"val mIoU {res.metrics['mIoU']:.4f}" if res is not None else "not validated"
             self.log(f"epoch {epoch + 1}/{a.epochs}: loss {row.get('train/loss', float('nan')):.4f}  "
-                     f"val mIoU {fitness:.4f}  best {st.best_fitness:.4f} (epoch {st.best_epoch})  "
+                     f"{val}  best {st.best_fitness:.4f} (epoch {st.best_epoch})  "
                      f"{row['train/img_per_s']:.1f} img/s, data wait {100 * row['train/data_wait']:.0f}%")
         if self.budget is not None:
-            self.budget.note_epoch_end(time.perf_counter() - t0)
+            self.budget.note_epoch_end(time.perf_counter() - t0, validated=res is not None)
         if st.stopped_early:
             self.log(f"Early stop: no val mIoU improvement for {a.patience} epochs (best {st.best_fitness:.4f} "
                      f"at epoch {st.best_epoch})")

@@ -70,14 +70,18 @@ def plot_results(rows: list[dict[str, float]], path: str | os.PathLike) -> None:
     """results.png: one panel per numeric column of results.csv against epoch."""
     if not rows:
         return
-    keys = [k for k in rows[0] if k != "epoch"]
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k != "epoch" and k not in keys]
     n = len(keys)
     cols = min(5, n)
     fig = Figure(figsize=(3.2 * cols, 2.6 * math.ceil(n / cols)), tight_layout=True)
-    epochs = [r["epoch"] for r in rows]
     for i, k in enumerate(keys):
         ax = fig.add_subplot(math.ceil(n / cols), cols, i + 1)
-        ax.plot(epochs, [r.get(k, float("nan")) for r in rows], marker=".", linewidth=1.5)
+        # only the epochs that have the column (val/* skips the epochs --val-period left unscored), so the
+        # points of a column are joined even when epochs between them have none
+        pts = [(r["epoch"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+        ax.plot([e for e, _ in pts], [v for _, v in pts], marker=".", linewidth=1.5)
         ax.set_title(k, fontsize=9)
         ax.tick_params(labelsize=7)
     _save_figure(fig, Path(path))

@@ -62,16 +62,26 @@ class TimeBudget:
         self.seconds = float(hours) * 3600.0
         self.start, self.used_before = start, float(used_before)
         self.reserve = 0.0
-        self.epoch_end = 0.0  # seconds the last epoch end took; 0 until one is measured
+        self.epoch_end = 0.0  # seconds the last validated epoch end took; 0 until one is measured
+        self.plain_end = 0.0  # seconds the last epoch end without validation (--val-period) took
 
     def used(self) -> float:
         """Seconds of the budget spent: earlier sessions (up to their last checkpoint) + this one."""
         return self.used_before + time.time() - self.start
 
-    def note_epoch_end(self, seconds: float) -> None:
-        """Record what one epoch end (validation, logging, checkpoint) cost."""
+    def note_epoch_end(self, seconds: float, validated: bool = True) -> None:
+        """Record what one epoch end (validation, logging, checkpoint; or the checkpoint alone) cost.
+
+        The reserve follows validated ends: the run's final epoch and its wrap-up both validate."""
+        if not validated:
+            self.plain_end = float(seconds)
+            return
         self.epoch_end = float(seconds)
         self.reserve = 2.0 * seconds + 2.0
+
+    def end_cost(self, validates: bool) -> float:
+        """Expected seconds of the coming epoch end (an unmeasured one without validation counts as one with)."""
+        return self.epoch_end if validates or self.plain_end <= 0.0 else self.plain_end
 
     def training_seconds(self) -> float:
         return max(self.seconds - self.reserve, 1e-6)
