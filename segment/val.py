@@ -117,6 +117,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
         print(format_metrics_table(tta_res.metrics))
         out["tta"] = summarise(tta_res)
         out["tta"]["settings"] = {"scales": list(infer.scales), "flip": infer.flip}
+        out["tta"]["speed_ms"] = tta_res.speed_ms
         print(f"mIoU: single-scale {res.metrics['mIoU']:.4f} | TTA {tta_res.metrics['mIoU']:.4f} "
               f"({tta_res.metrics['mIoU'] - res.metrics['mIoU']:+.4f})")
     model = backend.model if isinstance(backend, TorchBackend) else None
@@ -128,10 +129,14 @@ def run(**kwargs: Any) -> dict[str, Any]:
         out["slide"] = {"window": list(infer.slide), "overlap": infer.overlap, "scale": infer.slide_scale}
     atomic_write_text(save_dir / "metrics.json", json.dumps(json_safe(out), indent=2, allow_nan=False))
     plot_confusion((tta_res or res).confusion, data.names, save_dir / "confusion_matrix.png")
-    s = res.speed_ms
-    where = f"{img_size[0]}x{img_size[1]}" if not infer.slide else infer.describe()
-    print(f"Speed: {s['pre']:.1f} ms pre, {s['inference']:.1f} ms inference, {s['post']:.1f} ms post per image "
-          f"at {where} on {device}")
+    # one line per pass: the single-scale pass is described without TTA, whose cost is its own line
+    for label, r, cfg in (("Speed", res, single), ("TTA speed", tta_res, infer)):
+        if r is None:
+            continue
+        s = r.speed_ms
+        where = cfg.describe() if cfg.slide else f"{img_size[0]}x{img_size[1]}" + (f", {cfg.describe()}" if cfg.tta else "")
+        print(f"{label}: {s['pre']:.1f} ms pre, {s['inference']:.1f} ms inference, {s['post']:.1f} ms post per "
+              f"image at {where} on {device}")
     print(f"Results saved to {save_dir}")
     out["save_dir"] = str(save_dir)
     return out

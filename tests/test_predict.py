@@ -315,6 +315,11 @@ def test_val_prints_single_scale_and_tta(setup, tmp_path, capsys):
     assert out["tta"]["mIoU"] == out["mIoU"]  # scale 1.0 without flip is the plain prediction
     saved = json.loads((Path(out["save_dir"]) / "metrics.json").read_text())
     assert saved["tta"]["settings"] == {"scales": [1.0], "flip": False}
+    # each pass reports its own cost; the single-scale line does not claim to be TTA
+    speed = [ln for ln in text.splitlines() if "ms inference" in ln]
+    assert len(speed) == 2 and speed[0].startswith("Speed:") and "TTA" not in speed[0], speed
+    assert speed[1].startswith("TTA speed:") and "TTA scales 1" in speed[1], speed
+    assert set(saved["tta"]["speed_ms"]) == {"pre", "inference", "post"}
 
 
 def test_predict_slide_and_tta_combined(setup, tmp_path):
