@@ -77,6 +77,7 @@ class Trainer:
         self.rank, self.local_rank, self.world_size = ddp.env_world()
         self.main = self.rank == 0
         self.stop_signal: int | None = None
+        self._validated_this_session = False  # --val-period: the first epoch end of every session validates
         self.resume_ckpt: dict[str, Any] | None = None
         validate_args(args, resuming=bool(args.resume), explicit=explicit)  # the whole configuration, before anything is read or built
         if args.resume:
@@ -214,10 +215,9 @@ class Trainer:
         # written again (image grids are not kept). A mid-epoch last.pt comes after the last epoch's logs.
         st = self.state
         # (checkpoints from before this order existed were written after the logs and hold no class_iou;
-        # an epoch without validation (--val-period) has no metrics, and only this order writes such epochs)
+        # an unscored epoch's checkpoint (--val-period) holds an empty one)
         ckpt_metrics = (self.resume_ckpt or {}).get("metrics") or {}
-        relog = (self.resume_ckpt is not None and st.next_step == 0 and bool(st.rows)
-                 and ("class_iou" in ckpt_metrics or "val/mIoU" not in st.rows[-1]))
+        relog = (self.resume_ckpt is not None and st.next_step == 0 and bool(st.rows) and "class_iou" in ckpt_metrics)
         purge = None if self.resume_ckpt is None else st.next_epoch + (0 if relog else 1)
         self.logger = RunLogger(self.save_dir, self.data, enabled=self.main, purge_step=purge)
         if self.main:
@@ -443,12 +443,14 @@ class Trainer:
         return self.ema.ema if self.ema is not None else unwrap(self.model)
 
     def _validates(self, epoch: int) -> bool:
-        """Whether ``epoch`` ends with a validation: every --val-period-th epoch, and always the first
-        (an early check of the whole pipeline, and the cost the budget reserves), the last and the one a
-        time budget ends (best.pt is chosen among validated epochs only, so the final weights are scored)."""
+        """Whether ``epoch`` ends with a validation: every --val-period-th epoch, and always the first one
+        of each session (an early check of the whole pipeline, and the cost the time budget reserves: a
+        resumed session starts without that measurement), the last and the one a time budget ends
+        (best.pt is chosen among validated epochs only, so the final weights are scored)."""
         a = self.args
         period = getattr(a, "val_period", 1)  # checkpoints from before the flag validated every epoch
-        return period <= 1 or epoch == 0 or epoch + 1 >= a.epochs or (epoch + 1) % period == 0 or self.state.time_up
+        return (period <= 1 or not self._validated_this_session or epoch + 1 >= a.epochs
+                or (epoch + 1) % period == 0 or self.state.time_up)
 
     def _end_epoch(self, epoch: int) -> None:
         a, st = self.args, self.state
@@ -459,6 +461,7 @@ class Trainer:
             validate = bool(ddp.agree([float(self.budget.only_wrap_up_fits(0.0))], self.device)[0])
         res: EvalResult | None = None
         if validate:
+            self._validated_this_session = True
             ddp.broadcast_module(self._eval_model())  # every rank scores rank 0's weights, the ones saved
             res = evaluate(self._eval_model(), self.val_loader, self.data, self.device, self.loss_fn, self.val_amp,
                            keep_examples=a.tb_images if self.main else 0, progress=self.main)
@@ -486,7 +489,9 @@ class Trainer:
         # judged at validated epochs only: an unscored epoch says nothing about improvement
         patience_hit = res is not None and a.patience > 0 and epoch + 1 - st.best_epoch >= a.patience
         st.stopped_early = patience_hit and epoch + 1 < a.epochs
-        if self.budget is not None and not st.time_up and epoch + 1 < a.epochs:
+        # an unscored epoch end was judged before (it would have validated had the wrap-up not fitted):
+        # judging again here could end the run on an unscored epoch
+        if self.budget is not None and not st.time_up and epoch + 1 < a.epochs and res is not None:
             # decided before saving, so a kill during the wrap-up resumes into the wrap-up only; the
             # normal stop was at a step: this catches only a validation far slower than the last one
             hard = self.budget.only_wrap_up_fits(time.perf_counter() - t0)
