@@ -126,3 +126,25 @@ def test_val_period_is_checked_before_anything_is_written(tiny_data, tmp_path, c
     assert e.value.code != 0
     assert "--val-period" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_patience_counts_only_scored_epochs(tiny_data, tmp_path, monkeypatch):
+    """--patience 2 with --val-period 2 and a val mIoU that never improves after epoch 1: epoch 3 is two
+    epochs past the best but unscored, so the run stops at epoch 4, its next scored epoch, not before."""
+    import segment.trainer as trainer_mod
+
+    real = trainer_mod.evaluate
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1])
+
+    def scripted(*a, **k):
+        res = real(*a, **k)
+        res.metrics["mIoU"] = next(scores)
+        return res
+
+    monkeypatch.setattr(trainer_mod, "evaluate", scripted)
+    with one_thread():
+        s = train.run(data=str(tiny_data), project=str(tmp_path / "runs"), workers=0, val_period=2, patience=2,
+                      **{**TINY, "epochs": 8})
+    rows = _rows(tmp_path / "runs" / "exp")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4] and _validated(rows) == [1, 2, 4]
+    assert s["best_epoch"] == 1 and s["epochs_run"] == 4
