@@ -73,7 +73,8 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact reruns)")
     g.add_argument("--patience", type=int, default=50, help="early stop after this many epochs without improvement (0 = off)")
     g.add_argument("--val-period", type=int, default=1,
-                   help="validate every N epochs (always the first, the last and a --time run's final one); "
+                   help="validate every N epochs (always the first of a run and of each resume, the last, and a --time "
+                        "run's final one); "
                         "best.pt and --patience see validated epochs only")
     g.add_argument("--save-period", type=int, default=-1, help="also save weights/epochN.pt every N epochs")
     g.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest run, or the given last.pt")

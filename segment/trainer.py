@@ -447,10 +447,9 @@ class Trainer:
         of each session (an early check of the whole pipeline, and the cost the time budget reserves: a
         resumed session starts without that measurement), the last and the one a time budget ends
         (best.pt is chosen among validated epochs only, so the final weights are scored)."""
-        a = self.args
-        period = getattr(a, "val_period", 1)  # checkpoints from before the flag validated every epoch
-        return (period <= 1 or not self._validated_this_session or epoch + 1 >= a.epochs
-                or (epoch + 1) % period == 0 or self.state.time_up)
+        a = self.args  # a checkpoint from before the flag resumes with its default, 1 (resume_args)
+        return (a.val_period <= 1 or not self._validated_this_session or epoch + 1 >= a.epochs
+                or (epoch + 1) % a.val_period == 0 or self.state.time_up)
 
     def _end_epoch(self, epoch: int) -> None:
         a, st = self.args, self.state

@@ -4,20 +4,18 @@ Validation must never change what is trained, best.pt is chosen among validated 
 logs leave unscored epochs empty, and a resume from an unscored epoch re-logs it like any other."""
 from __future__ import annotations
 
-import csv
 import time
 
 import pytest
 
 from segment import train
-from tests.faults import TINY, checkpoint_diff, flags, one_thread
+from tests.faults import TINY, checkpoint_diff, flags, one_thread, results_without_timing
 from utils.checkpoint import load_checkpoint
 from utils.schedule import TimeBudget
 
 
 def _rows(run) -> list[dict[str, str]]:
-    with open(run / "results.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return results_without_timing(run / "results.csv")
 
 
 def _validated(rows: list[dict[str, str]]) -> list[int]:
@@ -81,17 +79,13 @@ def test_time_budget_run_scores_its_final_epoch(tiny_data, tmp_path):
     assert s["best_epoch"] in (1, len(rows)) and (run / "weights" / "best.pt").is_file()
 
 
-class Crash(BaseException):
-    """Stands in for SIGKILL in-process: nothing after it runs."""
-
-
 def test_resume_from_an_unscored_epoch_relogs_it_and_validates_first(tiny_data, tmp_path, monkeypatch):
     """5 epochs, --val-period 4 (scored: 1, 4, 5), crashed right after epoch 2's last.pt (an unscored
     epoch) and resumed: the resumed session scores its first epoch too (3: the time budget of a resumed
     --time run needs that cost), every epoch is in results.csv and TensorBoard exactly once, and the
     trained weights equal the uninterrupted run's."""
     import segment.trainer as trainer_mod
-    from tests.test_resume import tb_scalars
+    from tests.test_resume import Crash, tb_scalars
 
     common = dict(data=str(tiny_data), workers=0, val_period=4, **{**TINY, "epochs": 5})
     with one_thread():
