@@ -117,6 +117,45 @@ def test_ohem_keeps_the_hard_pixels_by_hand():
     assert float(LOSSES.get("ohem")(easy, torch.zeros(1, 1, 4, dtype=torch.long), 255)) == pytest.approx(float(ce.max()))
 
 
+def _ohem_by_topk(logits, target, ignore_index=255, weight=None, thresh=0.7, min_share=1 / 16):
+    """The rule written the literal way: top-k of the labelled pixels' losses, k = max(#hard, floor)."""
+    valid = target != ignore_index
+    per_pixel = torch.nn.functional.cross_entropy(logits, torch.where(valid, target, 0), weight=weight,
+                                                  reduction="none")[valid]
+    n = per_pixel.numel()
+    k = max(int((per_pixel > -math.log(thresh)).sum()), min(n, max(1, int(n * min_share))))
+    return per_pixel.topk(k).values.mean()
+
+
+@pytest.mark.parametrize("scale", [1.0, 12.0])  # mostly hard pixels / almost all easy (the floor decides)
+def test_ohem_masked_mean_equals_topk_value_and_gradient(scale):
+    torch.manual_seed(1)
+    t = torch.randint(0, 5, (2, 9, 11))
+    t[1, :3] = 255
+    x = torch.randn(2, 5, 9, 11)
+    x = (x + scale * torch.nn.functional.one_hot(t.clamp(max=4), 5).permute(0, 3, 1, 2)).requires_grad_(True)
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0])
+    for weight in (None, w):
+        hard = float((torch.nn.functional.cross_entropy(x, t, ignore_index=255, reduction="none")[t != 255]
+                      > -math.log(0.7)).float().mean())
+        assert (hard > 0.5) if scale == 1.0 else (hard < 1 / 16), hard  # each case exercises its branch
+        got, ref = LOSSES.get("ohem")(x, t, 255, weight), _ohem_by_topk(x, t, 255, weight)
+        (g_got,), (g_ref,) = torch.autograd.grad(got, x), torch.autograd.grad(ref, x)
+        assert float(got) == pytest.approx(float(ref), rel=1e-6)
+        assert torch.allclose(g_got, g_ref, atol=1e-7)
+
+
+def test_ohem_ignores_an_ignored_pixel_with_infinite_loss():
+    """An ignored pixel's stand-in target (class 0) may have log-probability -inf: no NaN may leak out."""
+    x = torch.zeros(1, 2, 1, 3)
+    x[0, 0, 0, 0] = -float("inf")
+    x.requires_grad_(True)
+    t = torch.tensor([[[255, 1, 0]]])
+    loss = LOSSES.get("ohem")(x, t, 255)
+    (g,) = torch.autograd.grad(loss, x)
+    assert float(loss) == pytest.approx(math.log(2), abs=1e-6) and torch.isfinite(g).all()
+
+
 def test_shared_log_softmax_gives_each_term_its_own_value_and_gradient():
     """SegLoss computes one log-softmax for all terms; every term and the gradient equal the terms alone."""
     from utils.losses import SegLoss
