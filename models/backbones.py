@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
 
 from models.contract import IMAGENET_MEAN, IMAGENET_STD, Backbone
@@ -58,6 +57,8 @@ class TorchvisionBackbone(Backbone):
         super().__init__()
         self.spec = spec
         label = f"backbone spec '{spec.get('name')}'"
+        import torchvision  # here, not at import: it pulls in torch._dynamo, ~2-3 s of every CLI start
+
         builder = getattr(torchvision.models, spec["name"], None)
         if builder is None:
             raise UserError(f"{label}: torchvision.models has no builder '{spec['name']}'")
@@ -180,6 +181,8 @@ class TorchvisionBackbone(Backbone):
 
 def pretrained_cache_file(spec: dict[str, Any]) -> tuple[str, Path]:
     """(download URL, expected file in torchvision's cache) of the spec's weights enum."""
+    import torchvision
+
     try:
         weights = torchvision.models.get_weight(spec["weights"])
     except (ValueError, KeyError, AttributeError):

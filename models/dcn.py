@@ -5,7 +5,6 @@ import math
 
 import torch
 from torch import nn
-from torchvision.ops import deform_conv2d
 
 from models.blocks import C3
 from models.conv import Conv, autopad
@@ -47,6 +46,8 @@ class DCNConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset, mask = self.offsets_and_mask(x)
+        from torchvision.ops import deform_conv2d  # lazily: torchvision's import costs every CLI start seconds
+
         y = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=self.padding,
                           dilation=self.dilation, mask=mask)
         return self.act(self.bn(y))

@@ -72,6 +72,7 @@ def _deform_conv_symbolic(g: Any, x: Any, w: Any, offset: Any, mask: Any, b: Any
 
 
 def _register_dcn(opset: int) -> None:
+    import torchvision.ops  # noqa: F401  (registers the torchvision:: operators; models import it lazily)
     from torch.onnx import register_custom_op_symbolic, symbolic_helper as sh
 
     fn = sh.parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")(_deform_conv_symbolic)
