@@ -15,14 +15,19 @@ from typing import Any, Iterator
 
 import torch
 
+from utils.torch_utils import cpu_has_native_bf16
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "segment" / "train.py"
 VAL = REPO / "segment" / "val.py"
 
 # A tiny deterministic run: with 16 train images at 32x48 and batch 2, 8 steps an epoch, 2 epochs.
-# precision pinned: --precision auto times both on the machine, so two runs of a test could differ
+# precision pinned (--precision auto times both on the machine, so two runs of a test could differ): bf16,
+# the path --precision auto takes on a CPU with native bf16, and fp32 on one without, where bf16 is
+# emulated and made every tiny training of the suite ~1.6x slower (the bf16 tests force it themselves)
+TINY_PRECISION = "bf16" if cpu_has_native_bf16() else "fp32"
 TINY: dict[str, Any] = dict(backbone="mobilenet_v3_small", head="unet", img_size=[32, 48], epochs=2, batch_size=2, seed=0,
-                            deterministic=True, device="cpu", tb_images=1, precision="bf16")
+                            deterministic=True, device="cpu", tb_images=1, precision=TINY_PRECISION)
 
 
 def flags(**kwargs: Any) -> list[str]:

@@ -247,17 +247,23 @@ def _train(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-def test_cli_refusals_are_one_line_and_leave_no_run_folder(tiny_data, tmp_path):
+def test_cli_refusals_are_one_line_and_leave_no_run_folder(tiny_data, tmp_path, capsys):
+    """In-process through train.main (the CLI's own error wrapper; the subprocess path is covered by
+    test_malicious_pickle_is_refused_and_nothing_runs): 3 interpreter starts cost ~30 s of CI."""
+    from segment import train
+
     f = tmp_path / "yolo11s-cls.pt"
     make_cls_checkpoint(f, str(ROOT / "models" / "yolo11_seg.yaml"), "s")
     cases = [(["--backbone", "resnet18", "--head", "unet", "--head-args", "attention=sse"], "unknown attention gate"),
              (["--backbone", "mobilenet_v3_small", "--head", "deeplabv3plus", "--head-args", "output_stride=8"],
               "cannot reach stride 8 by dilation"),
-             (["--cfg", "models/yolo11n_seg.yaml", "--weights", str(f)], "holds yolo11s-cls.yaml (scale s")]
+             (["--cfg", str(ROOT / "models" / "yolo11n_seg.yaml"), "--weights", str(f)], "holds yolo11s-cls.yaml (scale s")]
     for extra, msg in cases:
-        r = _train("--data", str(tiny_data), "--project", str(tmp_path / "runs"), "--name", "x", *extra)
-        err = r.stderr.strip()
-        assert r.returncode == 2 and "Traceback" not in err and err.count("\n") == 0 and msg in err, err
+        with pytest.raises(SystemExit) as e:
+            train.main(["--img-size", "64", "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                        "--data", str(tiny_data), "--project", str(tmp_path / "runs"), "--name", "x", *extra])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "Traceback" not in err and err.count("\n") == 0 and msg in err, err
         assert not (tmp_path / "runs").exists()
 
 

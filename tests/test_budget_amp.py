@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from segment import train
-from tests.faults import TINY, Training, flags, one_thread
+from tests.faults import TINY, one_thread
 from utils import torch_utils
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.schedule import TimeBudget, lr_factor, lr_lambda
@@ -85,23 +85,35 @@ def test_time_budget_stops_and_finishes_normally(tiny_data, tmp_path):
     assert wall < 15.0 + 60, wall
 
 
-def test_resumed_time_run_keeps_the_remaining_budget(tiny_data, tmp_path):
-    """Killed after epoch 1 of a 120 s budget; the checkpoint is made to say 119.99 s were already used.
+def test_resumed_time_run_keeps_the_remaining_budget(tiny_data, tmp_path, monkeypatch, capsys):
+    """Crashed after epoch 1 of a 120 s budget; the checkpoint is made to say 119.99 s were already used.
     The resumed run's own start-up spends the rest, so it must stop at its first step, not train its
-    remaining epochs (a larger remainder lets a fast machine finish epoch 2 first)."""
-    project = tmp_path / "runs"
-    last = project / "exp" / "weights" / "last.pt"
-    args = flags(data=tiny_data, project=project, workers=0, **{**TINY, "epochs": 20, "time": 120 / 3600})
-    run = Training(args, tmp_path, tmp_path / "log1.txt")
-    run.wait_for_replace(last)
-    run.kill()
-    ckpt = load_checkpoint(last)
-    assert ckpt["train"]["state"]["next_epoch"] == 1 and ckpt["train"]["state"]["elapsed"] > 0
-    ckpt["train"]["state"]["elapsed"] = 119.99
-    save_checkpoint(ckpt, last)
-    run = Training(["--resume", str(last)], tmp_path, tmp_path / "log2.txt")
-    assert run.wait() == 0, run.output()[-3000:]
-    out = run.output()
+    remaining epochs (a larger remainder lets a fast machine finish epoch 2 first). In-process (a Crash
+    stands in for the kill, as in tests/test_resume.py): two interpreter starts cost ~15 s of CI."""
+    import segment.trainer as trainer_mod
+    from tests.test_resume import Crash
+
+    last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
+    real_save = trainer_mod.save_checkpoint
+
+    def save(ckpt, *paths):
+        real_save(ckpt, *paths)
+        if ckpt["epoch"] == 1:
+            raise Crash
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
+    with one_thread():
+        with pytest.raises(Crash):
+            train.run(data=str(tiny_data), project=str(tmp_path / "runs"), workers=0,
+                      **{**TINY, "epochs": 20, "time": 120 / 3600})
+        monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+        ckpt = load_checkpoint(last)
+        assert ckpt["train"]["state"]["next_epoch"] == 1 and ckpt["train"]["state"]["elapsed"] > 0
+        ckpt["train"]["state"]["elapsed"] = 119.99
+        save_checkpoint(ckpt, last)
+        capsys.readouterr()
+        train.run(resume=str(last), workers=0)
+    out = "".join(capsys.readouterr())
     assert "Time budget of 0.0333333 h reached at epoch 2 step" in out, out[-2000:]
     st = load_checkpoint(last)["train"]["state"]
     assert st["next_epoch"] == 2 and st["time_up"] and st["elapsed"] >= 118.0

@@ -24,7 +24,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A tiny dataset and one uninterrupted 2-epoch run on it (workers 0): what every resume must equal.
-    In bf16 autocast (TINY pins it: exact resume must hold with bf16 on)."""
+    In TINY's precision: bf16 autocast on a CPU with native bf16 (exact resume must hold with it on),
+    fp32 elsewhere."""
     tmp = tmp_path_factory.mktemp("resume")
     mp = pytest.MonkeyPatch()
     mp.setenv("SEG_CACHE_DIR", str(tmp / "cache"))
@@ -64,7 +65,7 @@ def assert_same_as_reference(run: Path, ref: Path) -> None:
 
 
 @pytest.mark.slow
-# In bf16 autocast (TINY) in both loader modes. A --no-amp variant (27 s) was
+# In TINY's precision (bf16 where native) in both loader modes. A --no-amp variant (27 s) was
 # dropped to keep CI inside 15 minutes: on a CPU it takes the same checkpoint path (no GradScaler either way).
 @pytest.mark.parametrize("workers", [0, 2])
 def test_killed_and_resumed_run_is_bit_identical(reference, tmp_path, workers):
