@@ -141,7 +141,7 @@ def test_ohem_masked_mean_equals_topk_value_and_gradient(scale):
         assert (hard > 0.5) if scale == 1.0 else (hard < 1 / 16), hard  # each case exercises its branch
         got, ref = LOSSES.get("ohem")(x, t, 255, weight), _ohem_by_topk(x, t, 255, weight)
         (g_got,), (g_ref,) = torch.autograd.grad(got, x), torch.autograd.grad(ref, x)
-        assert float(got) == pytest.approx(float(ref), rel=1e-6)
+        assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-6)
         assert torch.allclose(g_got, g_ref, atol=1e-7)
 
 
