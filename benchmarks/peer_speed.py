@@ -1,0 +1,157 @@
+"""Inference speed of our shipped CamVid model beside Ultralytics' yolo26n-sem, in one run, interleaved.
+
+Both networks are built with 11 classes and random weights (speed does not depend on them), fused
+(Conv+BN), in eval mode, and timed as "image in, logits at the input size out": yolo26n-sem's head
+outputs stride-8 logits, which its predictor resizes to the image, so its timed call includes that
+bilinear resize; ours resizes inside the graph. Batch 1 by default, --threads intra-op threads, PyTorch
+eager fp32 (each tool's own layout: ours channels-last as the engine runs it, Ultralytics NCHW) and
+ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset). Rounds alternate the
+variants so that a VM whose speed drifts slows all of them alike; the table gives medians.
+
+Sizes: ours at CamVid's native 360x480 (the shipped recipe's size: its graph pads to /32 inside) and
+at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image.
+
+Ultralytics is not a dependency of this project (it is AGPL): install it into a separate environment,
+e.g. ``python -m venv --system-site-packages /tmp/ulv && /tmp/ulv/bin/pip install ultralytics``, and run
+this script with that interpreter:
+    /tmp/ulv/bin/python benchmarks/peer_speed.py --threads 2
+
+A benchmark, never a test: the numbers depend on the machine and on what else runs on it.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.model import build_model, model_config
+from segment.export import export_onnx
+from segment.onnx_backend import import_ort, session_options
+
+NC = 11
+PEER_SIZE = (384, 480)
+
+
+class ResizedLogits(nn.Module):
+    """The peer's network plus the resize of its stride-8 logits to the input size (its predictor's step)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        y = y[0] if isinstance(y, (list, tuple)) else y
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def build_peer(cfg: str) -> nn.Module:
+    """yolo26n-sem from Ultralytics' own YAML, NC classes, fused, eval."""
+    try:
+        from ultralytics.nn.tasks import SemanticSegmentationModel
+    except ImportError:
+        sys.exit("peer_speed.py: this ultralytics has no semantic task (8.4.190 has it)")
+    net = SemanticSegmentationModel(cfg, nc=NC, verbose=False).eval()
+    return ResizedLogits(net.fuse(verbose=False)).eval()
+
+
+def export_plain(module: nn.Module, path: Path, size: tuple[int, int], opset: int) -> None:
+    """The peer through the same exporter and opset as ours (static shape, batch 1)."""
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.rand(1, 3, *size),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["images"], output_names=["output"], do_constant_folding=True)
+
+
+def ort_call(path: Path, x: torch.Tensor, threads: int) -> Callable[[], Any]:
+    ort = import_ort()
+    sess = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x.numpy()}
+    return lambda: sess.run(None, feed)
+
+
+def eager_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+    return run
+
+
+def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, per_round: int) -> dict[str, list[float]]:
+    """ms per call for each variant, its calls spread over ``rounds`` alternating rounds."""
+    for fn in variants.values():  # warm-up (allocator, ORT arena, oneDNN primitives)
+        fn(), fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--per-round", type=int, default=5)
+    p.add_argument("--ours", default="models/yolov8n_seg.yaml", help="our model YAML (the CamVid recipe's)")
+    p.add_argument("--peer", default="yolo26n-sem.yaml", help="Ultralytics model YAML")
+    p.add_argument("--opset", type=int, default=17)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    try:
+        import ultralytics
+    except ImportError:
+        sys.exit("peer_speed.py: this interpreter has no ultralytics (see the module docstring for a separate environment)")
+
+    ours = build_model(model_config(NC, cfg=a.ours)).eval().fuse().to(memory_format=torch.channels_last)
+    peer = build_peer(a.peer)
+    n_ours = sum(q.numel() for q in ours.parameters())
+    n_peer = sum(q.numel() for q in peer.parameters())
+    variants: dict[str, Callable[[], Any]] = {}
+    g = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in ((360, 480), PEER_SIZE):
+            x = torch.rand(1, 3, *size, generator=g)
+            variants[f"ours {size[0]}x{size[1]} eager"] = eager_call(ours, x.contiguous(memory_format=torch.channels_last))
+            path = Path(tmp) / f"ours_{size[0]}.onnx"
+            export_onnx(ours, path, size, 1, False, a.opset, False, {"names": [str(i) for i in range(NC)], "nc": NC})
+            variants[f"ours {size[0]}x{size[1]} ORT"] = ort_call(path, x, a.threads)
+        x = torch.rand(1, 3, *PEER_SIZE, generator=g)
+        variants[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} eager"] = eager_call(peer, x)
+        path = Path(tmp) / "peer.onnx"
+        export_plain(peer, path, PEER_SIZE, a.opset)
+        variants[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} ORT"] = ort_call(path, x, a.threads)
+        times = interleaved(variants, a.rounds, a.per_round)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ref = {"eager": med[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} eager"],
+           "ORT": med[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} ORT"]}
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), "?")
+    print(f"batch 1, {a.threads} threads, fp32, median of {a.rounds}x{a.per_round} interleaved calls; {cpu}, "
+          f"torch {torch.__version__}, ultralytics {ultralytics.__version__}; "
+          f"params ours {n_ours / 1e6:.2f} M, yolo26n-sem {n_peer / 1e6:.2f} M (fused, {NC} classes)")
+    print("\n| model | input | backend | ms/img | p10-p90 ms | images/s | vs yolo26n-sem, same backend |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for k, v in times.items():
+        model, size, backend = k.rsplit(" ", 2)
+        q = statistics.quantiles(v, n=10, method="inclusive")
+        print(f"| {model} | {size} | {backend} | {med[k]:.1f} | {q[0]:.1f}-{q[-1]:.1f} | {1e3 / med[k]:.1f} "
+              f"| {ref[backend] / med[k]:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
