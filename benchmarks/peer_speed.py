@@ -5,8 +5,8 @@ Both networks are built with 11 classes and random weights (speed does not depen
 outputs stride-8 logits, which its predictor resizes to the image, so its timed call includes that
 bilinear resize; ours resizes inside the graph. Batch 1 by default, --threads intra-op threads, PyTorch
 eager fp32 (each tool's own layout: ours channels-last as the engine runs it, Ultralytics NCHW) and
-ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset). Rounds alternate the
-variants so that a VM whose speed drifts slows all of them alike; the table gives medians.
+ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset). Each round runs every
+variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians.
 
 Sizes: ours at CamVid's native 360x480 (the shipped recipe's size: its graph pads to /32 inside) and
 at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image.
@@ -107,7 +107,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--per-round", type=int, default=5)
-    p.add_argument("--ours", default="models/yolov8n_seg.yaml", help="our model YAML (the CamVid recipe's)")
+    p.add_argument("--ours", default=str(Path(__file__).resolve().parents[1] / "models" / "yolov8n_seg.yaml"),
+                   help="our model YAML (the CamVid recipe's)")
     p.add_argument("--peer", default="yolo26n-sem.yaml", help="Ultralytics model YAML")
     p.add_argument("--opset", type=int, default=17)
     a = p.parse_args()

@@ -145,6 +145,15 @@ def test_ohem_masked_mean_equals_topk_value_and_gradient(scale):
         assert torch.allclose(g_got, g_ref, atol=1e-7)
 
 
+def test_ohem_keeps_a_nan_loss_visible():
+    """A labelled pixel with a NaN loss (e.g. an fp16 overflow) must make the loss NaN, as the literal top-k
+    rule does, so the trainer's non-finite check sees it; the masked mean must not average it away."""
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, 0, 0, 0] = float("nan")
+    t = torch.ones(1, 4, 4, dtype=torch.long)  # every pixel hard (p_true = 1/3 < 0.7): the masked-mean branch
+    assert math.isnan(float(LOSSES.get("ohem")(x, t, 255))) and math.isnan(float(_ohem_by_topk(x, t, 255)))
+
+
 def test_ohem_ignores_an_ignored_pixel_with_infinite_loss():
     """An ignored pixel's stand-in target (class 0) may have log-probability -inf: no NaN may leak out."""
     x = torch.zeros(1, 2, 1, 3)

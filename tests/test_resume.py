@@ -143,6 +143,32 @@ def test_crash_around_the_epoch_end_checkpoints_resumes_exactly(reference, tmp_p
 
 
 @pytest.mark.slow
+def test_bf16_crash_and_resume_equals_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    """TINY trains fp32 on a CPU without native bf16, so the exact-resume tests above then run fp32; this
+    one forces bf16 autocast (emulated there) so that every CI machine checks exact resume under bf16."""
+    from segment import trainer as trainer_mod
+
+    common = dict(data=str(tiny_data), workers=0, **{**TINY, "precision": "bf16"})
+    train.run(project=str(tmp_path / "ref"), **common)
+    real_save = trainer_mod.save_checkpoint
+
+    def save(ckpt, *paths):
+        real_save(ckpt, *paths)
+        if ckpt["epoch"] == 1:
+            raise Crash
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
+    with pytest.raises(Crash):
+        train.run(project=str(tmp_path / "p"), **common)
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    run = tmp_path / "p" / "exp"
+    train.run(resume=str(run / "weights" / "last.pt"), workers=0)
+    last = load_checkpoint(run / "weights" / "last.pt")
+    assert last["finished"] and last["args"]["precision"] == "bf16"
+    assert checkpoint_diff(run / "weights" / "last.pt", tmp_path / "ref" / "exp" / "weights" / "last.pt") == []
+
+
+@pytest.mark.slow
 def test_crash_during_the_wrap_up_resumes_into_it(reference, tmp_path, monkeypatch):
     """Killed after the last epoch but before the final plots: the run is not marked finished, so
     --resume trains nothing more and writes the plots it owed."""

@@ -73,7 +73,7 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index:
     if n_valid == 0:
         return logits.sum() * 0.0
     per_pixel = F.nll_loss(_log_probs(logits, log_probs), t, weight=weight, reduction="none")
-    hard = (per_pixel > -math.log(thresh)) & valid
+    hard = ~(per_pixel <= -math.log(thresh)) & valid  # a NaN loss counts as hard, as top-k ranks it first
     n_hard, floor = int(hard.sum()), min(n_valid, max(1, int(n_valid * min_share)))
     if n_hard >= floor:
         # the k = n_hard largest losses are exactly the hard pixels: a masked mean, no top-k (a partial
