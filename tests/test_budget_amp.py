@@ -90,23 +90,12 @@ def test_resumed_time_run_keeps_the_remaining_budget(tiny_data, tmp_path, monkey
     The resumed run's own start-up spends the rest, so it must stop at its first step, not train its
     remaining epochs (a larger remainder lets a fast machine finish epoch 2 first). In-process (a Crash
     stands in for the kill, as in tests/test_resume.py): two interpreter starts cost ~15 s of CI."""
-    import segment.trainer as trainer_mod
-    from tests.test_resume import Crash
+    from tests.test_resume import crashed_run
 
     last = tmp_path / "runs" / "exp" / "weights" / "last.pt"
-    real_save = trainer_mod.save_checkpoint
-
-    def save(ckpt, *paths):
-        real_save(ckpt, *paths)
-        if ckpt["epoch"] == 1:
-            raise Crash
-
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
     with one_thread():
-        with pytest.raises(Crash):
-            train.run(data=str(tiny_data), project=str(tmp_path / "runs"), workers=0,
-                      **{**TINY, "epochs": 20, "time": 120 / 3600})
-        monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+        crashed_run(monkeypatch, 1, data=str(tiny_data), project=str(tmp_path / "runs"), workers=0,
+                    **{**TINY, "epochs": 20, "time": 120 / 3600})
         ckpt = load_checkpoint(last)
         assert ckpt["train"]["state"]["next_epoch"] == 1 and ckpt["train"]["state"]["elapsed"] > 0
         ckpt["train"]["state"]["elapsed"] = 119.99

@@ -114,6 +114,26 @@ class Crash(BaseException):
     """Stands in for SIGKILL in-process: no ``except Exception`` handles it and nothing after it runs."""
 
 
+def crashed_run(monkeypatch: pytest.MonkeyPatch, epoch: int, **run_kwargs) -> None:
+    """train.run(**run_kwargs), crashed right after the first unfinished checkpoint of ``epoch`` is written
+    (every path of it, last.pt included); save_checkpoint is restored afterwards."""
+    from segment import trainer as trainer_mod
+
+    real_save = trainer_mod.save_checkpoint
+
+    def save(ckpt, *paths):
+        real_save(ckpt, *paths)
+        if ckpt["epoch"] == epoch and not ckpt["finished"]:
+            raise Crash
+
+    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
+    try:
+        with pytest.raises(Crash):
+            train.run(**run_kwargs)
+    finally:
+        monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["before best.pt", "before last.pt", "after last.pt"])
 def test_crash_around_the_epoch_end_checkpoints_resumes_exactly(reference, tmp_path, monkeypatch, point):
@@ -146,21 +166,9 @@ def test_crash_around_the_epoch_end_checkpoints_resumes_exactly(reference, tmp_p
 def test_bf16_crash_and_resume_equals_the_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     """TINY trains fp32 on a CPU without native bf16, so the exact-resume tests above then run fp32; this
     one forces bf16 autocast (emulated there) so that every CI machine checks exact resume under bf16."""
-    from segment import trainer as trainer_mod
-
     common = dict(data=str(tiny_data), workers=0, **{**TINY, "precision": "bf16"})
     train.run(project=str(tmp_path / "ref"), **common)
-    real_save = trainer_mod.save_checkpoint
-
-    def save(ckpt, *paths):
-        real_save(ckpt, *paths)
-        if ckpt["epoch"] == 1:
-            raise Crash
-
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", save)
-    with pytest.raises(Crash):
-        train.run(project=str(tmp_path / "p"), **common)
-    monkeypatch.setattr(trainer_mod, "save_checkpoint", real_save)
+    crashed_run(monkeypatch, 1, project=str(tmp_path / "p"), **common)
     run = tmp_path / "p" / "exp"
     train.run(resume=str(run / "weights" / "last.pt"), workers=0)
     last = load_checkpoint(run / "weights" / "last.pt")
