@@ -22,6 +22,16 @@ CAMVID = _find_camvid()
 SLOW_TIMEOUT_S = 900  # per test in the slow tier (the quick tier's limit is pytest.ini's timeout)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (.ci/run: -n 2 on 2 cores) each worker gets one intra-op thread, and so do the
+    CLIs it starts: two workers with two threads each would oversubscribe the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow tests get the slow tier's per-test limit unless they set their own."""
     for item in items:

@@ -14,7 +14,8 @@ from tests.conftest import write_dataset
 from tests.faults import TINY, VAL, Training, checkpoint_diff, flags, run_cli
 from utils.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.slow
+# one xdist worker for the whole module (.ci/run: --dist loadgroup), so its module fixture runs once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 
 DDP = {**TINY, "epochs": 2}
 

@@ -128,16 +128,6 @@ def test_cli_errors_are_one_readable_line(tmp_path):
     assert r.returncode == 2 and "checkpoint not found" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.slow
-def test_recipe_resnet50_runs(tiny_data, tmp_path):
-    r = cli("unet-lite/Resnet50/seg_diceloss_Resnet50.py", "--data", str(tiny_data), "--img-size", "32", "--epochs", "1",
-            "--batch-size", "4", "--workers", "0", "--project", str(tmp_path), "--name", "r50")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "Model resnet50+segment" in r.stdout
-    args = (tmp_path / "r50" / "args.yaml").read_text()
-    assert "loss: ce+dice" in args and "optimizer: sgd" in args
-
-
 QUICKSTART = dict(data="data/shapes.yaml", cfg="models/yolov8n_seg.yaml", img_size=[96], loss="ce+dice", lr0=3e-3,
                   cos_lr=True, scale_range=[0.75, 1.25], batch_size=16, device="cpu")
 
