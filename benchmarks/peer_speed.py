@@ -56,6 +56,19 @@ class ResizedLogits(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class Rescaled(nn.Module):
+    """Our model run at a smaller inference size: the image resized to ``size``, the logits back to the
+    image's size (what segment/inference.py does for a model trained at that --img-size)."""
+
+    def __init__(self, net: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.net, self.size = net, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(F.interpolate(x, size=self.size, mode="bilinear", align_corners=False))
+        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def build_peer(cfg: str) -> nn.Module:
     """yolo26n-sem from Ultralytics' own YAML, NC classes, fused, eval."""
     try:
@@ -107,8 +120,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--per-round", type=int, default=5)
-    p.add_argument("--ours", default=str(Path(__file__).resolve().parents[1] / "models" / "yolov8n_seg.yaml"),
-                   help="our model YAML (the CamVid recipe's)")
+    p.add_argument("--ours", nargs="+", default=[str(Path(__file__).resolve().parents[1] / "models" / "yolov8n_seg.yaml")],
+                   help="our models: a model YAML (default: the CamVid recipe's), YAML:head for a registered head "
+                        "over the graph's backbone (models/yolov8n_seg.yaml:lraspp is the recipe's --head lraspp), "
+                        "and @HxW for a model run at a smaller --img-size (the 360x480 image resized to it and the "
+                        "logits back, inside the timed call)")
     p.add_argument("--peer", default="yolo26n-sem.yaml", help="Ultralytics model YAML")
     p.add_argument("--opset", type=int, default=17)
     a = p.parse_args()
@@ -118,19 +134,34 @@ def main() -> None:
     except ImportError:
         sys.exit("peer_speed.py: this interpreter has no ultralytics (see the module docstring for a separate environment)")
 
-    ours = build_model(model_config(NC, cfg=a.ours)).eval().fuse().to(memory_format=torch.channels_last)
     peer = build_peer(a.peer)
-    n_ours = sum(q.numel() for q in ours.parameters())
     n_peer = sum(q.numel() for q in peer.parameters())
+    params: dict[str, int] = {}
     variants: dict[str, Callable[[], Any]] = {}
     g = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for size in ((360, 480), PEER_SIZE):
-            x = torch.rand(1, 3, *size, generator=g)
-            variants[f"ours {size[0]}x{size[1]} eager"] = eager_call(ours, x.contiguous(memory_format=torch.channels_last))
-            path = Path(tmp) / f"ours_{size[0]}.onnx"
-            export_onnx(ours, path, size, 1, False, a.opset, False, {"names": [str(i) for i in range(NC)], "nc": NC})
-            variants[f"ours {size[0]}x{size[1]} ORT"] = ort_call(path, x, a.threads)
+        for k, spec in enumerate(a.ours):
+            spec, _, at = spec.partition("@")
+            cfg, _, head = spec.partition(":")
+            name = "ours" if len(a.ours) == 1 else f"ours {Path(cfg).stem}{'+' + head if head else ''}{'@' + at if at else ''}"
+            ours = build_model(model_config(NC, cfg=cfg, head=head or None)).eval().fuse()
+            ours = ours.to(memory_format=torch.channels_last)
+            params[name] = sum(q.numel() for q in ours.parameters())
+            if at:  # inference at a smaller size, timed from the 360x480 image to 360x480 logits
+                h, w = (int(v) for v in at.split("x"))
+                net = Rescaled(ours, (h, w)).eval()
+                x = torch.rand(1, 3, 360, 480, generator=g)
+                variants[f"{name} 360x480 eager"] = eager_call(net, x.contiguous(memory_format=torch.channels_last))
+                path = Path(tmp) / f"ours{k}.onnx"
+                export_plain(net, path, (360, 480), a.opset)
+                variants[f"{name} 360x480 ORT"] = ort_call(path, x, a.threads)
+                continue
+            for size in ((360, 480), PEER_SIZE):
+                x = torch.rand(1, 3, *size, generator=g)
+                variants[f"{name} {size[0]}x{size[1]} eager"] = eager_call(ours, x.contiguous(memory_format=torch.channels_last))
+                path = Path(tmp) / f"ours{k}_{size[0]}.onnx"
+                export_onnx(ours, path, size, 1, False, a.opset, False, {"names": [str(i) for i in range(NC)], "nc": NC})
+                variants[f"{name} {size[0]}x{size[1]} ORT"] = ort_call(path, x, a.threads)
         x = torch.rand(1, 3, *PEER_SIZE, generator=g)
         variants[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} eager"] = eager_call(peer, x)
         path = Path(tmp) / "peer.onnx"
@@ -144,7 +175,8 @@ def main() -> None:
                 if l.startswith("model name")), "?")
     print(f"batch 1, {a.threads} threads, fp32, median of {a.rounds}x{a.per_round} interleaved calls; {cpu}, "
           f"torch {torch.__version__}, ultralytics {ultralytics.__version__}; "
-          f"params ours {n_ours / 1e6:.2f} M, yolo26n-sem {n_peer / 1e6:.2f} M (fused, {NC} classes)")
+          f"params {', '.join(f'{k} {v / 1e6:.2f} M' for k, v in params.items())}, yolo26n-sem {n_peer / 1e6:.2f} M "
+          f"(fused, {NC} classes)")
     print("\n| model | input | backend | ms/img | p10-p90 ms | images/s | vs yolo26n-sem, same backend |")
     print("|---|---|---|---:|---:|---:|---:|")
     for k, v in times.items():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import CAMVID
 
@@ -40,6 +41,7 @@ def test_merge_keeps_other_rows_and_the_text_around(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not found ($SEG_DATASETS_DIR/camvid or ../shared/datasets/camvid)")
 def test_recipe_runs_under_a_tiny_budget_and_the_script_writes_its_row(tmp_path, monkeypatch):
     from benchmarks.camvid_heads import subset_yaml
@@ -78,3 +80,34 @@ def test_heads_rows_get_their_own_table_and_head_specs_become_recipe_flags(tmp_p
     for bad in ("nohead", "graph@width=3"):
         with pytest.raises(UserError):
             head_flags(bad)
+
+
+def _preset(script: str) -> dict:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"recipe_{Path(script).stem}", REPO / "unet-lite" / "yolo8-seg" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # a recipe only calls main() under __main__
+    return module.PRESET
+
+
+def test_fast_recipe_is_the_recipe_with_its_three_changes_and_trains(tiny_data, tmp_path):
+    """camvid_yolov8n_fast.py = camvid_yolov8n.py + lraspp head at 288x384 (crop 224x320), nothing else, and
+    its preset trains: the Lite R-ASPP head is built over the YOLOv8 graph's backbone."""
+    from segment.train import run
+
+    base, fast = _preset("camvid_yolov8n.py"), _preset("camvid_yolov8n_fast.py")
+    changed = {k for k in base.keys() | fast.keys() if base.get(k) != fast.get(k)}
+    assert changed == {"head", "img_size", "crop", "project"}, changed
+    assert (fast["head"], fast["img_size"], fast["crop"]) == ("lraspp", [288, 384], [224, 320])
+    s = run(fast, data=str(tiny_data), project=str(tmp_path), name="fast", img_size=[64], crop=[32, 48], epochs=1,
+            batch_size=4, workers=0, time=None, cache="none", val_period=1)
+    ckpt = torch.load(Path(s["save_dir"]) / "weights" / "last.pt", weights_only=True)
+    assert ckpt["model_cfg"]["head"] == "lraspp" and ckpt["model_cfg"]["graph"] is not None
+    assert any(k.startswith("head.") for k in ckpt["model"]) and s["epochs_run"] == 1
+
+
+def test_fast_recipe_starts_from_the_command_line():
+    r = subprocess.run([sys.executable, "unet-lite/yolo8-seg/camvid_yolov8n_fast.py", "--help"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--img-size" in r.stdout, r.stderr[-2000:]

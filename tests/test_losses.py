@@ -180,5 +180,5 @@ def test_shared_log_softmax_gives_each_term_its_own_value_and_gradient():
     alone = {n: LOSSES.get(n)(x, t, 255, w) for n in names}
     (g_alone,) = torch.autograd.grad(sum(alone.values()), x)
     for n in names:
-        assert float(parts[n]) == pytest.approx(float(alone[n]), abs=1e-6), n
+        assert float(parts[n].detach()) == pytest.approx(float(alone[n].detach()), abs=1e-6), n
     assert torch.allclose(g_shared, g_alone, atol=1e-6)

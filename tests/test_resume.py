@@ -65,6 +65,7 @@ def assert_same_as_reference(run: Path, ref: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 # In TINY's precision (bf16 where native) in both loader modes. A --no-amp variant (27 s) was
 # dropped to keep CI inside 15 minutes: on a CPU it takes the same checkpoint path (no GradScaler either way).
 @pytest.mark.parametrize("workers", [0, 2])

@@ -133,6 +133,7 @@ QUICKSTART = dict(data="data/shapes.yaml", cfg="models/yolov8n_seg.yaml", img_si
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_shapes_short_training_learns(tmp_path, monkeypatch):
     """The README quickstart, cut from 50 to 20 epochs: far above chance, and val.py agrees with the log."""
     monkeypatch.setenv("SEG_DATASETS_DIR", str(tmp_path / "datasets"))
@@ -173,6 +174,7 @@ def test_grad_clip_zero_means_no_clipping(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not found ($SEG_DATASETS_DIR/camvid or ../shared/datasets/camvid)")
 def test_camvid_two_epochs_small(tmp_path, monkeypatch):
     """The same commands work on the real dataset (a tiny run: 96x128, two epochs)."""
