@@ -8,7 +8,10 @@ at a time, on different days.
 
 Protocol (issue 12): the budget is the whole training command's wall time (data check, training,
 validation, wrap-up), set with --time; the checkpoint is chosen on val; test is scored afterwards, outside
-the budget, at the native 360x480, single scale.
+the budget, single scale, with the metrics at the native 360x480: each image goes in at the model's own
+input size (its checkpoint's img_size, 360x480 for the main recipe, 288x384 for camvid_yolov8n_fast.py) and
+its logits are resized back, as in val.py and predict.py. The latency columns time the model at that input
+size (rows before 2026-12-03 evening were all 360x480 models).
 
 Usage:
     python benchmarks/camvid_budget.py --minutes 60                       # the headline row
@@ -262,8 +265,9 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     commit = _commit()  # before training: commits made while it runs are not the code that trained
     run, wall, peak = train(a, extra, name)
     best = run / "weights" / "best.pt"
-    test = val.run(weights=best, data=a.data, split="test", img_size=[360, 480], project=str(run / "test"),
-                   name="exp", exist_ok=True)
+    # the checkpoint's own input size, the one val.py and predict.py use for it; the metrics are at 360x480
+    test = val.run(weights=best, data=a.data, split="test", project=str(run / "test"), name="exp", exist_ok=True)
+    size = (int(test["img_size"][0]), int(test["img_size"][1]))
     row: dict[str, Any] = {
         "label": label, "group": a.group, "minutes": a.minutes, "seed": a.seed,
         "command": " ".join(["python", a.recipe, "--data", a.data, "--time", f"{a.minutes / 60:.6g}",
@@ -271,7 +275,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         "params": test["params"], "gflops": test["gflops"],
         "test_mIoU": test["mIoU"], "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
         **training_figures(run), "wall_s": wall, "peak_rss_gib": peak,
-        **latencies(best, a.threads, onnx=not a.no_onnx),
+        "infer_size": list(size), **latencies(best, a.threads, onnx=not a.no_onnx, size=size),
         "machine": machine(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": commit,
     }
     row.setdefault("ort_ms", None)

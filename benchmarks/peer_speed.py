@@ -9,7 +9,10 @@ ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset). 
 variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians.
 
 Sizes: ours at CamVid's native 360x480 (the shipped recipe's size: its graph pads to /32 inside) and
-at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image.
+at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image. A model
+given as ``YAML@HxW`` (trained at a smaller --img-size, e.g. camvid_yolov8n_fast.py's 288x384) is timed
+from the 360x480 image to 360x480 logits, both resizes inside the timed call; ``YAML:head`` puts a
+registered head over the graph's backbone. Several ``--ours`` models can share one interleaved run.
 
 Ultralytics is not a dependency of this project (it is AGPL): install it into a separate environment,
 e.g. ``python -m venv --system-site-packages /tmp/ulv && /tmp/ulv/bin/pip install ultralytics``, and run
@@ -143,7 +146,10 @@ def main() -> None:
         for k, spec in enumerate(a.ours):
             spec, _, at = spec.partition("@")
             cfg, _, head = spec.partition(":")
-            name = "ours" if len(a.ours) == 1 else f"ours {Path(cfg).stem}{'+' + head if head else ''}{'@' + at if at else ''}"
+            plain = len(a.ours) == 1 and not head and not at  # the default call: one row name, "ours"
+            name = "ours" if plain else f"ours {Path(cfg).stem}{'+' + head if head else ''}{'@' + at if at else ''}"
+            if name in params:
+                sys.exit(f"peer_speed.py: --ours lists {spec}{'@' + at if at else ''} twice")
             ours = build_model(model_config(NC, cfg=cfg, head=head or None)).eval().fuse()
             ours = ours.to(memory_format=torch.channels_last)
             params[name] = sum(q.numel() for q in ours.parameters())

@@ -34,8 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Slow tests get the slow tier's per-test limit unless they set their own; tests marked ``long`` are
-    collected first, so that under -n 2 a minutes-long test starts at once instead of ending the tier alone
-    on one worker (xdist hands out the rest as the workers free up)."""
+    collected first, so that under -n 2 a minutes-long test starts early rather than last (xdist hands out
+    the rest as the workers free up)."""
     for item in items:
         if item.get_closest_marker("slow") is not None and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))

@@ -60,6 +60,7 @@ def test_recipe_runs_under_a_tiny_budget_and_the_script_writes_its_row(tmp_path,
     assert row["epochs"] >= 1 and 0.0 < row["test_mIoU"] < 1.0 and list(row["per_class"])[-1] == "Bicyclist"
     assert row["wall_s"] < 15 + 60 and row["peak_rss_gib"] > 0.1 and row["torch_ms"] > 0
     assert "--crop 64 96" in row["command"] and (tmp_path / "p.jpg").stat().st_size > 1000
+    assert row["infer_size"] == [96, 128]  # test scored and timed at the checkpoint's input size
     assert "| 0.25 min, seed 0 | 0.25 | 0 |" in out.read_text()
 
 
@@ -92,14 +93,14 @@ def _preset(script: str) -> dict:
 
 
 def test_fast_recipe_is_the_recipe_with_its_three_changes_and_trains(tiny_data, tmp_path):
-    """camvid_yolov8n_fast.py = camvid_yolov8n.py + lraspp head at 288x384 (crop 224x320), nothing else, and
-    its preset trains: the Lite R-ASPP head is built over the YOLOv8 graph's backbone."""
+    """camvid_yolov8n_fast.py = camvid_yolov8n.py + lraspp head at 288x384 (crop 224x320) and a 15-minute
+    budget, nothing else, and its preset trains: the Lite R-ASPP head is built over the graph's backbone."""
     from segment.train import run
 
     base, fast = _preset("camvid_yolov8n.py"), _preset("camvid_yolov8n_fast.py")
     changed = {k for k in base.keys() | fast.keys() if base.get(k) != fast.get(k)}
-    assert changed == {"head", "img_size", "crop", "project"}, changed
-    assert (fast["head"], fast["img_size"], fast["crop"]) == ("lraspp", [288, 384], [224, 320])
+    assert changed == {"head", "img_size", "crop", "time", "project"}, changed
+    assert (fast["head"], fast["img_size"], fast["crop"], fast["time"]) == ("lraspp", [288, 384], [224, 320], 0.25)
     s = run(fast, data=str(tiny_data), project=str(tmp_path), name="fast", img_size=[64], crop=[32, 48], epochs=1,
             batch_size=4, workers=0, time=None, cache="none", val_period=1)
     ckpt = torch.load(Path(s["save_dir"]) / "weights" / "last.pt", weights_only=True)

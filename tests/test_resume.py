@@ -14,6 +14,9 @@ from tests.conftest import write_dataset
 from tests.faults import TINY, Training, checkpoint_diff, flags, one_thread, results_without_timing, tree_digest
 from utils.checkpoint import load_checkpoint, save_checkpoint
 
+# one xdist worker for the module (.ci/run: --dist loadgroup): its 2-epoch reference run is built once
+pytestmark = pytest.mark.xdist_group("resume")
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():

@@ -254,8 +254,8 @@ def test_recipe_preset_trains_one_epoch(recipe, tiny_data, tmp_path):
     summary = run(preset, data=str(tiny_data), project=str(tmp_path), name="r", **TRAIN_ARGS)
     save_dir = Path(summary["save_dir"])
     assert summary["epochs_run"] == 1 and (save_dir / "weights" / "best.pt").is_file()
-    # the preset reached the run (args.yaml is what resume and val read back), flags it does not set kept
-    # their defaults; the command-line path of a recipe is test_recipe_script_runs_from_the_command_line's
+    # the preset reached the run (args.yaml is what resume and val read back); the command-line path of a
+    # recipe script is test_recipe_script_runs_from_the_command_line's
     args = yaml.safe_load((save_dir / "args.yaml").read_text())
     for key in ("backbone", "head", "loss", "optimizer", "lr0", "cos_lr"):
         if key in preset:
