@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import CAMVID
+from tests.test_yolo_recipes import _load_preset
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -84,12 +85,7 @@ def test_heads_rows_get_their_own_table_and_head_specs_become_recipe_flags(tmp_p
 
 
 def _preset(script: str) -> dict:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"recipe_{Path(script).stem}", REPO / "unet-lite" / "yolo8-seg" / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # a recipe only calls main() under __main__
-    return module.PRESET
+    return _load_preset(REPO / "unet-lite" / "yolo8-seg" / script)
 
 
 def test_fast_recipe_is_the_recipe_with_its_three_changes_and_trains(tiny_data, tmp_path):
