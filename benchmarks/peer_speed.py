@@ -5,7 +5,9 @@ Both networks are built with 11 classes and random weights (speed does not depen
 outputs stride-8 logits, which its predictor resizes to the image, so its timed call includes that
 bilinear resize; ours resizes inside the graph. Batch 1 by default, --threads intra-op threads, PyTorch
 eager fp32 (each tool's own layout: ours channels-last as the engine runs it, Ultralytics NCHW) and
-ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset). Each round runs every
+ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset), and with --int8 also both
+graphs quantized by our export path's own ``segment.int8.quantize`` (QDQ, per-channel int8 weights, uint8
+activations, calibrated on random images: speed does not depend on the values). Each round runs every
 variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians.
 
 Sizes: ours at CamVid's native 360x480 (the shipped recipe's size: its graph pads to /32 inside) and
@@ -40,6 +42,7 @@ from torch import nn
 
 from models.model import build_model, model_config
 from segment.export import export_onnx
+from segment.int8 import quantize
 from segment.onnx_backend import import_ort, session_options
 
 NC = 11
@@ -97,6 +100,18 @@ def ort_call(path: Path, x: torch.Tensor, threads: int) -> Callable[[], Any]:
     return lambda: sess.run(None, feed)
 
 
+def add_ort(variants: dict[str, Callable[[], Any]], name: str, path: Path, x: torch.Tensor, threads: int,
+            int8: bool) -> None:
+    """The fp32 graph at ``path`` as '<name> ORT', and with ``int8`` its quantized copy as '<name> ORT-int8'."""
+    variants[f"{name} ORT"] = ort_call(path, x, threads)
+    if int8:
+        g = torch.Generator().manual_seed(1)
+        calib = [(torch.randint(0, 256, tuple(x.shape[1:]), dtype=torch.uint8, generator=g),) for _ in range(4)]
+        q = path.with_name(path.stem + "-int8.onnx")
+        quantize(path, q, calib)
+        variants[f"{name} ORT-int8"] = ort_call(q, x, threads)
+
+
 def eager_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     def run() -> Any:
         with torch.inference_mode():
@@ -130,6 +145,7 @@ def main() -> None:
                         "logits back, inside the timed call)")
     p.add_argument("--peer", default="yolo26n-sem.yaml", help="Ultralytics model YAML")
     p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--int8", action="store_true", help="also time both ONNX graphs quantized to INT8 (ORT-int8 rows)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     try:
@@ -160,26 +176,26 @@ def main() -> None:
                 variants[f"{name} 360x480 eager"] = eager_call(net, x.contiguous(memory_format=torch.channels_last))
                 path = Path(tmp) / f"ours{k}.onnx"
                 export_plain(net, path, (360, 480), a.opset)
-                variants[f"{name} 360x480 ORT"] = ort_call(path, x, a.threads)
+                add_ort(variants, f"{name} 360x480", path, x, a.threads, a.int8)
                 continue
             for size in ((360, 480), PEER_SIZE):
                 x = torch.rand(1, 3, *size, generator=g)
                 variants[f"{name} {size[0]}x{size[1]} eager"] = eager_call(ours, x.contiguous(memory_format=torch.channels_last))
                 path = Path(tmp) / f"ours{k}_{size[0]}.onnx"
                 export_onnx(ours, path, size, 1, False, a.opset, False, {"names": [str(i) for i in range(NC)], "nc": NC})
-                variants[f"{name} {size[0]}x{size[1]} ORT"] = ort_call(path, x, a.threads)
+                add_ort(variants, f"{name} {size[0]}x{size[1]}", path, x, a.threads, a.int8)
         x = torch.rand(1, 3, *PEER_SIZE, generator=g)
         variants[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} eager"] = eager_call(peer, x)
         path = Path(tmp) / "peer.onnx"
         export_plain(peer, path, PEER_SIZE, a.opset)
-        variants[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} ORT"] = ort_call(path, x, a.threads)
+        add_ort(variants, f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}", path, x, a.threads, a.int8)
         times = interleaved(variants, a.rounds, a.per_round)
     med = {k: statistics.median(v) for k, v in times.items()}
-    ref = {"eager": med[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} eager"],
-           "ORT": med[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} ORT"]}
+    peer_name = f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}"
+    ref = {k.rsplit(" ", 1)[1]: v for k, v in med.items() if k.startswith(peer_name)}
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "?")
-    print(f"batch 1, {a.threads} threads, fp32, median of {a.rounds}x{a.per_round} interleaved calls; {cpu}, "
+    print(f"batch 1, {a.threads} threads, fp32{' and INT8' if a.int8 else ''}, median of {a.rounds}x{a.per_round} interleaved calls; {cpu}, "
           f"torch {torch.__version__}, ultralytics {ultralytics.__version__}; "
           f"params {', '.join(f'{k} {v / 1e6:.2f} M' for k, v in params.items())}, yolo26n-sem {n_peer / 1e6:.2f} M "
           f"(fused, {NC} classes)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.registry import MODULES
+from models.registry import ACTIVATIONS, MODULES
 
 
 def autopad(k: int, p: int | None = None, d: int = 1) -> int:
@@ -23,6 +23,16 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.data.copy_((bias - bn.running_mean) * scale + bn.bias)
     return fused.requires_grad_(False)
+
+
+# The activation a YAML graph's blocks use: SiLU as built, or another one named by the file's top-level
+# `activation:` key (models/parser.py swaps it into the freshly built rows). ReLU-family activations
+# matter for deployment: ONNX Runtime folds Conv + ReLU into one kernel in fp32, and in INT8 the ReLU
+# disappears into the convolution's requantisation, where SiLU stays two extra int8 ops per layer.
+ACTIVATIONS.register("SiLU")(nn.SiLU)
+ACTIVATIONS.register("ReLU")(lambda: nn.ReLU(inplace=True))
+ACTIVATIONS.register("LeakyReLU")(lambda: nn.LeakyReLU(0.1, inplace=True))  # YOLOv7-tiny's slope
+ACTIVATIONS.register("Hardswish")(lambda: nn.Hardswish(inplace=True))
 
 
 @MODULES.register()

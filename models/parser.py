@@ -3,6 +3,7 @@
 File format, as in YOLOv5/v8::
 
     nc: 80                       # overridden by the dataset's nc
+    activation: SiLU             # optional: the activation of every block (models/conv.py: ACTIVATIONS)
     scales:                      # or depth_multiple / width_multiple (+ optional max_channels)
       n: [0.33, 0.25, 1024]      # depth, width, max_channels
     backbone: [[from, repeats, module, args], ...]
@@ -33,13 +34,13 @@ import inspect
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from models.contract import Backbone, Head
-from models.registry import MODULES
+from models.registry import ACTIVATIONS, MODULES
 from utils.errors import UserError
 from utils.yamlio import literal
 
@@ -170,6 +171,22 @@ def _scale_args(graph: dict[str, Any], scale: str | None, where: str) -> dict[st
     return out
 
 
+def _activation(graph: dict[str, Any], where: str) -> Callable[[], nn.Module] | None:
+    """The factory of the file's ``activation:`` (None for the blocks' own SiLU)."""
+    name = graph.get("activation", "SiLU")
+    if not isinstance(name, str) or name not in ACTIVATIONS:
+        raise UserError(f"{where}: unknown activation {name!r}; choose from: {', '.join(ACTIVATIONS.names())}")
+    return None if name == "SiLU" else ACTIVATIONS.get(name)
+
+
+def swap_activation(module: nn.Module, make: Callable[[], nn.Module]) -> None:
+    """Replace every SiLU inside ``module`` (a freshly built row, owned by this graph alone) by ``make()``."""
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is nn.SiLU:
+                setattr(parent, child_name, make())
+
+
 def _number(graph: dict[str, Any], key: str, default: float, where: str) -> float:
     v = graph.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
@@ -184,8 +201,9 @@ def _shape(t: Any) -> str:
 class _RowParser:
     """Builds rows one at a time, keeping the probe outputs of earlier rows for shape inference."""
 
-    def __init__(self, where: str, nc: int, ch: int, depth: float, width: float, max_ch: float) -> None:
-        self.where, self.depth, self.width, self.max_ch = where, depth, width, max_ch
+    def __init__(self, where: str, nc: int, ch: int, depth: float, width: float, max_ch: float,
+                 act: Callable[[], nn.Module] | None = None) -> None:
+        self.where, self.depth, self.width, self.max_ch, self.act = where, depth, width, max_ch, act
         self.names = {"nc": nc}
         self.probe: dict[int, torch.Tensor] = {-1: torch.zeros(1, ch, DRY_RUN_SIZE, DRY_RUN_SIZE)}
         self.strides: dict[int, int] = {-1: 1}
@@ -290,6 +308,8 @@ class _RowParser:
                 if _param_names(cls)[:1] == ["c1"]:
                     args_k = [int(x.shape[1])] + full[1:]  # later copies read the previous copy's channels
             m = self.instantiate(i, section, cls, name, args_k)
+            if self.act is not None:
+                swap_activation(m, self.act)
             if multi and hasattr(m, "set_input_strides"):
                 m.set_input_strides([self.strides[a] for a in inputs])
             x = self.probe_run(i, section, m, name, x, shown)
@@ -356,7 +376,7 @@ def parse_model(graph: dict[str, Any], nc: int | None = None, scale: str | None 
     if not _is_int(nc) or nc < 1:
         raise UserError(f"{name}: number of classes unknown or invalid (nc={nc!r})")
     depth, width, max_ch = _multipliers(graph, scale, name)
-    p = _RowParser(name, nc, int(_number(graph, "ch", 3, name)), depth, width, max_ch)
+    p = _RowParser(name, nc, int(_number(graph, "ch", 3, name)), depth, width, max_ch, _activation(graph, name))
     p.names.update(_scale_args(graph, scale, name))
     p.n_backbone = len(backbone_rows)
 

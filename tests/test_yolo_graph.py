@@ -11,6 +11,7 @@ import yaml
 from torch import nn
 
 from models import HEADS, build_model, model_config
+from models.registry import ACTIVATIONS
 from models.dcn import DCNConv
 from models.elan import RepConv
 from models.parser import GraphBackbone, GraphHead, parse_model
@@ -132,6 +133,32 @@ def test_config_rebuilds_the_same_model() -> None:
     again = build_model(model.cfg)
     again.load_state_dict(model.state_dict())  # strict: same names and shapes
     assert again.cfg["scale"] == "n" and count_params(again) == count_params(model)
+
+
+@pytest.mark.parametrize("act,cls", [("ReLU", nn.ReLU), ("LeakyReLU", nn.LeakyReLU), ("Hardswish", nn.Hardswish)])
+def test_activation_key_swaps_every_silu_and_nothing_else(act: str, cls: type, tmp_path: Path) -> None:
+    """`activation:` gives the same graph and parameters with another activation: equal, weight for weight, to
+    the SiLU model with its SiLU modules replaced by hand; a checkpoint's config rebuilds it; SiLU is default."""
+    silu = build("yolov8_seg.yaml", "n").eval()
+    n_silu = sum(isinstance(m, nn.SiLU) for m in silu.modules())
+    path = tmp_path / "yolov8_act_seg.yaml"
+    path.write_text(yaml.safe_dump({**load_graph("yolov8_seg.yaml"), "activation": act}, sort_keys=False))
+    other = build(str(path), "n").eval()
+    assert n_silu == 43 and not any(isinstance(m, nn.SiLU) for m in other.modules())
+    assert sum(isinstance(m, cls) for m in other.modules()) == n_silu
+    other.load_state_dict(silu.state_dict())  # strict: the activation owns no tensors
+    by_hand = silu
+    for parent in list(by_hand.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.SiLU):
+                setattr(parent, name, ACTIVATIONS.get(act)())  # LeakyReLU: the registry's slope 0.1
+    x = torch.rand(2, 3, 67, 93)
+    with torch.no_grad():
+        assert torch.equal(other(x), by_hand(x))
+    assert isinstance(build_model(other.cfg).backbone.layers[0].act, cls)
+    relu_file = build("yolov8n_relu_seg.yaml")
+    assert relu_file.cfg["scale"] == "n" and count_params(relu_file) == count_params(silu)
+    assert isinstance(relu_file.backbone.layers[0].act, nn.ReLU)
 
 
 @pytest.mark.parametrize("head", HEADS.names())
@@ -272,6 +299,8 @@ BAD = [
     (lambda g: g["head"].pop(), "FILE: row 18 (head): the head's last row gives 32 channels, expected nc=5 "
                                 "(end the head with a SegOutput row, args [nc, ...])"),
     (lambda g: g["scales"].pop("n"), "FILE: unknown scale 'n'; choose from: s, m, l, x"),
+    (lambda g: g.__setitem__("activation", "Swish"),
+     "FILE: unknown activation 'Swish'; choose from: Hardswish, LeakyReLU, ReLU, SiLU"),
 ]
 
 
