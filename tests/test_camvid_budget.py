@@ -41,6 +41,35 @@ def test_merge_keeps_other_rows_and_the_text_around(tmp_path):
     assert "| 15 min, seed 0 | 90.0 | 12.5 |" in table and len(json.loads(store.read_text())) == 2
 
 
+def test_retime_replaces_only_the_latency_columns_of_a_stored_row(tmp_path, monkeypatch):
+    """--retime times a stored row's best.pt again at its own input size and keeps the first figures beside."""
+    store, out = tmp_path / "rows.json", tmp_path / "BENCHMARKS.md"
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "best.pt").write_bytes(b"stand-in: the timing is replaced below")
+    row = {**_row("60 min, seed 0", 60, 0.5412), "run": str(run), "infer_size": [288, 384], "ort_ms": 17.7}
+    camvid_budget.merge(store, out, row)
+    camvid_budget.merge(store, out, _row("15 min, seed 0", 15, 0.4501))
+    seen = []
+    monkeypatch.setattr(camvid_budget, "latencies", lambda w, threads, onnx, size: seen.append((w, threads, onnx, size))
+                        or {"torch_ms": 21.5, "ort_ms": 9.75})
+    args = ["--retime", "60 min, seed 0", "--store", str(store), "--out", str(out)]
+    camvid_budget._main(args)
+    assert seen == [(run / "weights" / "best.pt", 2, True, (288, 384))]
+    rows = json.loads(store.read_text())
+    new = rows["60 min, seed 0"]
+    assert new["torch_ms"] == 21.5 and new["ort_ms"] == 9.75
+    assert new["retimed"]["before"] == {"torch_ms": 14.0, "ort_ms": 17.7}
+    assert {k: v for k, v in new.items() if k not in ("torch_ms", "ort_ms", "retimed")} == \
+        {k: v for k, v in row.items() if k not in ("torch_ms", "ort_ms")}
+    assert rows["15 min, seed 0"] == _row("15 min, seed 0", 15, 0.4501)
+    assert "| 60 min, seed 0 | 60 | 0 | **54.1** | 60.0 | 12 | 9.5 | 60.0 | 21.5 | 9.8 |" in out.read_text()
+    with pytest.raises(SystemExit, match="no row 'nope'"):
+        camvid_budget._main(["--retime", "nope", "--store", str(store), "--out", str(out)])
+    with pytest.raises(SystemExit):  # neither --minutes nor --retime: argparse's usage error
+        camvid_budget._main(["--store", str(store)])
+
+
 @pytest.mark.slow
 @pytest.mark.long
 @pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not found ($SEG_DATASETS_DIR/camvid or ../shared/datasets/camvid)")

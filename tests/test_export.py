@@ -192,7 +192,8 @@ def test_registry_parity_dynamic(backbone, head, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("yaml,scale", [("yolov5_seg.yaml", "n"), ("yolov5_dcn_seg.yaml", "n"), ("yolov7_seg.yaml", None),
                                         ("yolov8_seg.yaml", "n"), ("yolov9t_seg.yaml", None), ("yolov9s_seg.yaml", None),
-                                        ("yolov9c_seg.yaml", None), ("yolo11_seg.yaml", "n"), ("yolo11_seg.yaml", "m")])
+                                        ("yolov9c_seg.yaml", None), ("yolo11_seg.yaml", "n"), ("yolo11_seg.yaml", "m"),
+                                        ("yolov8_relu_seg.yaml", "n")])
 def test_yolo_yaml_parity_dynamic(yaml, scale, tmp_path):
     """Every YOLO YAML at its smallest scale, and YOLO11 at m, where C3k2 switches to C3k units (the other
     scales change only repeat counts and widths; benchmarks/export_parity.py checks all 24 variants)."""
