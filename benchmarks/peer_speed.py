@@ -8,7 +8,8 @@ eager fp32 (each tool's own layout: ours channels-last as the engine runs it, Ul
 ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset), and with --int8 also both
 graphs quantized by our export path's own ``segment.int8.quantize`` (QDQ, per-channel int8 weights, uint8
 activations, calibrated on random images: speed does not depend on the values). Each round runs every
-variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians.
+variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians, and
+each speed-up is the median over rounds of that round's ratio.
 
 Sizes: ours at CamVid's native 360x480 (the shipped recipe's size: its graph pads to /32 inside) and
 at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image. A model
@@ -119,18 +120,27 @@ def eager_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return run
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, per_round: int) -> dict[str, list[float]]:
-    """ms per call for each variant, its calls spread over ``rounds`` alternating rounds."""
+def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, per_round: int) -> dict[str, list[list[float]]]:
+    """ms per call for each variant, round by round: every round runs each variant ``per_round`` times in turn."""
     for fn in variants.values():  # warm-up (allocator, ORT arena, oneDNN primitives)
         fn(), fn()
-    times: dict[str, list[float]] = {k: [] for k in variants}
+    times: dict[str, list[list[float]]] = {k: [] for k in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
+            calls = []
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
+                calls.append((time.perf_counter() - t0) * 1e3)
+            times[name].append(calls)
     return times
+
+
+def paired_ratio(ref: list[list[float]], other: list[list[float]]) -> float:
+    """Median over rounds of (ref's median / other's median) in that round: the speed-up measured within
+    each round, so that a VM changing speed for minutes at a time (seen here: one ONNX graph at 14 and
+    22 ms in two runs a quarter of an hour apart) weighs on both sides of every ratio alike."""
+    return statistics.median(statistics.median(a) / statistics.median(b) for a, b in zip(ref, other))
 
 
 def main() -> None:
@@ -190,22 +200,24 @@ def main() -> None:
         export_plain(peer, path, PEER_SIZE, a.opset)
         add_ort(variants, f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}", path, x, a.threads, a.int8)
         times = interleaved(variants, a.rounds, a.per_round)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    flat = {k: [t for r in v for t in r] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in flat.items()}
     peer_name = f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}"
-    ref = {k.rsplit(" ", 1)[1]: v for k, v in med.items() if k.startswith(peer_name)}
+    ref = {k.rsplit(" ", 1)[1]: v for k, v in times.items() if k.startswith(peer_name)}
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "?")
-    print(f"batch 1, {a.threads} threads, fp32{' and INT8' if a.int8 else ''}, median of {a.rounds}x{a.per_round} interleaved calls; {cpu}, "
-          f"torch {torch.__version__}, ultralytics {ultralytics.__version__}; "
+    print(f"batch 1, {a.threads} threads, fp32{' and INT8' if a.int8 else ''}, median of {a.rounds}x{a.per_round} "
+          f"interleaved calls; {cpu}, torch {torch.__version__}, ultralytics {ultralytics.__version__}; "
           f"params {', '.join(f'{k} {v / 1e6:.2f} M' for k, v in params.items())}, yolo26n-sem {n_peer / 1e6:.2f} M "
           f"(fused, {NC} classes)")
-    print("\n| model | input | backend | ms/img | p10-p90 ms | images/s | vs yolo26n-sem, same backend |")
+    print("\n| model | input | backend | ms/img | p10-p90 ms | images/s | vs yolo26n-sem, same backend "
+          "(median of per-round ratios) |")
     print("|---|---|---|---:|---:|---:|---:|")
-    for k, v in times.items():
+    for k, v in flat.items():
         model, size, backend = k.rsplit(" ", 2)
         q = statistics.quantiles(v, n=10, method="inclusive")
         print(f"| {model} | {size} | {backend} | {med[k]:.1f} | {q[0]:.1f}-{q[-1]:.1f} | {1e3 / med[k]:.1f} "
-              f"| {ref[backend] / med[k]:.2f}x |")
+              f"| {paired_ratio(ref[backend], times[k]):.2f}x |")
 
 
 if __name__ == "__main__":

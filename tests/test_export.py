@@ -91,6 +91,29 @@ def test_int8_runs_and_scores_close_to_fp32(setup, tmp_path):
     assert onnx.TensorProto.INT8 in types  # weights really are int8
 
 
+def test_int8_speedup_is_the_median_of_alternating_pairs(monkeypatch):
+    """The VM here changes speed for minutes at a time: timed in alternation, each round's ratio is taken
+    within one regime. A fake clock: fp32 costs 2 units, int8 1, and the second half of the rounds runs
+    3x slower for both; the medians move, the paired speed-up stays exactly 2."""
+    from segment import int8
+
+    clock = {"t": 0.0, "calls": 0}
+
+    class Fake:
+        def __init__(self, cost):
+            self.cost = cost
+
+        def __call__(self, x):
+            clock["calls"] += 1
+            slow = 3.0 if clock["calls"] > 4 + 20 else 1.0  # after the warm-up (2 x 2) and 10 rounds of 2
+            clock["t"] += self.cost * slow / 1e3  # seconds, so perf_counter deltas are cost * slow ms
+
+    monkeypatch.setattr(int8.time, "perf_counter", lambda: clock["t"])
+    medians, ratios = int8.paired_latency_ms([Fake(2.0), Fake(1.0)], batch=1, img_size=(8, 8), runs=20)
+    assert ratios == pytest.approx([1.0, 2.0], abs=1e-9)
+    assert medians == pytest.approx([4.0, 2.0], abs=1e-9)  # 10 calls at 2 and 10 at 6: the midpoint
+
+
 def _fails(argv, capsys, text, code=2):
     with pytest.raises(SystemExit) as e:
         export.main(argv)
