@@ -183,11 +183,19 @@ def picture(weights: Path, data_yaml: str, path: Path, n: int = 4) -> None:
     save_image(path, grid)
 
 
-def _commit() -> str:
-    """The code the row was measured with: short commit, '+dirty' when the tree had changes."""
+def _commit(outputs: tuple[str, ...] = ()) -> str:
+    """The code the row was measured with: short commit, '+dirty' when the tree had changes other than
+    ``outputs`` (the table and the store this script itself rewrites after every row)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+        inside = []
+        for o in outputs:
+            try:
+                inside.append((REPO / o).resolve().relative_to(REPO.resolve()).as_posix())
+            except ValueError:  # written outside the checkout: not part of its status anyway
+                pass
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *(f":(exclude){o}" for o in inside)], cwd=REPO, capture_output=True,
                                text=True).stdout.strip()
         return (head + ("+dirty" if dirty else "")) or "unknown"
     except OSError:
@@ -292,7 +300,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
 
     label = a.label or f"{a.minutes:g} min, seed {a.seed}"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")  # a run folder name the trainer accepts
-    commit = _commit()  # before training: commits made while it runs are not the code that trained
+    commit = _commit((a.out, a.store))  # before training: commits made while it runs are not the code that trained
     run, wall, peak = train(a, extra, name)
     best = run / "weights" / "best.pt"
     # the checkpoint's own input size, the one val.py and predict.py use for it; the metrics are at 360x480

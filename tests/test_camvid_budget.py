@@ -70,6 +70,27 @@ def test_retime_replaces_only_the_latency_columns_of_a_stored_row(tmp_path, monk
         camvid_budget._main(["--store", str(store)])
 
 
+def test_a_row_calls_its_code_dirty_only_for_changes_other_than_its_own_outputs(tmp_path, monkeypatch):
+    """Every row rewrites BENCHMARKS.md and the store, so the next row's commit must not read '+dirty' for
+    them; a changed source file still does."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    for name in ("BENCHMARKS.md", "benchmarks/results/rows.json", "code.py"):
+        (tmp_path / name).write_text("v1\n")
+    subprocess.run(git + ["init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["add", "."], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-qm", "c"], cwd=tmp_path, check=True)
+    monkeypatch.setattr(camvid_budget, "REPO", tmp_path)
+    outputs = ("BENCHMARKS.md", "benchmarks/results/rows.json", "/elsewhere/rows.json")
+    head = camvid_budget._commit(outputs)
+    assert len(head) >= 7 and not head.endswith("+dirty")
+    (tmp_path / "BENCHMARKS.md").write_text("v2\n")
+    (tmp_path / "benchmarks" / "results" / "rows.json").write_text("v2\n")
+    assert camvid_budget._commit(outputs) == head
+    (tmp_path / "code.py").write_text("v2\n")
+    assert camvid_budget._commit(outputs) == head + "+dirty"
+
+
 @pytest.mark.slow
 @pytest.mark.long
 @pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not found ($SEG_DATASETS_DIR/camvid or ../shared/datasets/camvid)")
