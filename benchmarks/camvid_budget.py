@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     a = p.parse_args(argv)
     if (a.minutes is None) == (a.retime is None):
         p.error("give --minutes (train and score a budget) or --retime LABEL (time a stored row again)")
+    if a.retime is not None and (extra or a.label or a.picture):
+        p.error("--retime times a stored row as it is: no recipe flags, --label or --picture with it")
     return a, extra
 
 
@@ -194,10 +196,11 @@ def _commit(outputs: tuple[str, ...] = ()) -> str:
                 inside.append((REPO / o).resolve().relative_to(REPO.resolve()).as_posix())
             except ValueError:  # written outside the checkout: not part of its status anyway
                 pass
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                *(f":(exclude){o}" for o in inside)], cwd=REPO, capture_output=True,
-                               text=True).stdout.strip()
-        return (head + ("+dirty" if dirty else "")) or "unknown"
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                 *(f":(exclude,literal){o}" for o in inside)], cwd=REPO, capture_output=True, text=True)
+        if not head or status.returncode:
+            return "unknown"
+        return head + ("+dirty" if status.stdout.strip() else "")
     except OSError:
         return "unknown"
 
@@ -271,9 +274,15 @@ def merge(store: Path, out: Path, row: dict[str, Any]) -> dict[str, dict[str, An
     return rows
 
 
+def _in_repo(path: str) -> Path:
+    """A relative --out/--store is relative to the repository, not to where the script was started."""
+    return Path(path) if os.path.isabs(path) else REPO / path
+
+
 def retime(a: argparse.Namespace) -> dict[str, Any]:
-    """Time a stored row's best.pt again (same size, threads and method) and merge the new latency columns."""
-    store = REPO / a.store if not os.path.isabs(a.store) else Path(a.store)
+    """Time a stored row's best.pt again (its input size, --threads, the same method) and merge the new
+    latency columns; the first figures stay in the row under retimed.before."""
+    store = _in_repo(a.store)
     rows: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.is_file() else {}
     if a.retime not in rows:
         raise SystemExit(f"--retime: no row '{a.retime}' in {store}; rows: {', '.join(rows)}")
@@ -282,10 +291,14 @@ def retime(a: argparse.Namespace) -> dict[str, Any]:
     if not best.is_file():
         raise SystemExit(f"--retime: the row's checkpoint {best} is not on this machine")
     size = tuple(row.get("infer_size") or (360, 480))
-    before = {k: row.get(k) for k in ("torch_ms", "ort_ms")}
-    row.update(latencies(best, a.threads, onnx=not a.no_onnx, size=size))  # type: ignore[arg-type]
-    row["retimed"] = {"date": datetime.date.today().isoformat(), "before": before}
-    merge(store, REPO / a.out if not os.path.isabs(a.out) else Path(a.out), row)
+    from segment.benchmark import machine
+
+    # the first timing is kept through any number of retimes; a column not timed again is emptied, not kept
+    before = row.get("retimed", {}).get("before") or {k: row.get(k) for k in ("torch_ms", "ort_ms")}
+    row.update({"torch_ms": None, "ort_ms": None, **latencies(best, a.threads, onnx=not a.no_onnx, size=size)})  # type: ignore[arg-type]
+    row["retimed"] = {"date": datetime.date.today().isoformat(), "machine": machine(), "threads": a.threads,
+                      "before": before}
+    merge(store, _in_repo(a.out), row)
     print(f"{a.retime}: PyTorch {before['torch_ms']} -> {row['torch_ms']:.1f} ms/img, "
           f"ORT {before['ort_ms']} -> {row.get('ort_ms')} ms/img")
     return row
@@ -293,7 +306,7 @@ def retime(a: argparse.Namespace) -> dict[str, Any]:
 
 def _main(argv: list[str] | None) -> dict[str, Any]:
     a, extra = parse_args(argv)
-    if a.retime:
+    if a.retime is not None:
         return retime(a)
     from segment import val
     from segment.benchmark import machine
@@ -319,8 +332,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     row.setdefault("ort_ms", None)
     if a.picture:
         picture(best, a.data, Path(a.picture))
-    merge(REPO / a.store if not os.path.isabs(a.store) else Path(a.store),
-          REPO / a.out if not os.path.isabs(a.out) else Path(a.out), row)
+    merge(_in_repo(a.store), _in_repo(a.out), row)
     print(f"{label}: test mIoU {100 * row['test_mIoU']:.1f} (val {100 * row['val_mIoU']:.1f}), {row['epochs']} epochs, "
           f"{wall / 60:.1f} min wall, peak RSS {peak:.2f} GiB, {row['torch_ms']:.1f} ms/img PyTorch"
           + (f", {row['ort_ms']:.1f} ms/img ORT" if row["ort_ms"] is not None else ""))

@@ -30,7 +30,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -45,6 +44,7 @@ from models.model import build_model, model_config
 from segment.export import export_onnx
 from segment.int8 import quantize
 from segment.onnx_backend import import_ort, session_options
+from utils.timing import alternate, paired_ratio
 
 NC = 11
 PEER_SIZE = (384, 480)
@@ -121,26 +121,9 @@ def eager_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
 
 
 def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, per_round: int) -> dict[str, list[list[float]]]:
-    """ms per call for each variant, round by round: every round runs each variant ``per_round`` times in turn."""
-    for fn in variants.values():  # warm-up (allocator, ORT arena, oneDNN primitives)
-        fn(), fn()
-    times: dict[str, list[list[float]]] = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            calls = []
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn()
-                calls.append((time.perf_counter() - t0) * 1e3)
-            times[name].append(calls)
-    return times
-
-
-def paired_ratio(ref: list[list[float]], other: list[list[float]]) -> float:
-    """Median over rounds of (ref's median / other's median) in that round: the speed-up measured within
-    each round, so that a VM changing speed for minutes at a time (seen here: one ONNX graph at 14 and
-    22 ms in two runs a quarter of an hour apart) weighs on both sides of every ratio alike."""
-    return statistics.median(statistics.median(a) / statistics.median(b) for a, b in zip(ref, other))
+    """ms per call for each variant, round by round (utils.timing.alternate: every variant ``per_round``
+    times in turn in each round)."""
+    return dict(zip(variants, alternate(list(variants.values()), rounds, per_round)))
 
 
 def main() -> None:

@@ -179,12 +179,23 @@ def _activation(graph: dict[str, Any], where: str) -> Callable[[], nn.Module] | 
     return None if name == "SiLU" else ACTIVATIONS.get(name)
 
 
-def swap_activation(module: nn.Module, make: Callable[[], nn.Module]) -> None:
-    """Replace every SiLU inside ``module`` (a freshly built row, owned by this graph alone) by ``make()``."""
+def swap_activation(module: nn.Module, make: Callable[[], nn.Module]) -> int:
+    """Replace every SiLU inside ``module`` (a freshly built row, owned by this graph alone) by ``make()``;
+    returns how many were replaced."""
+    swapped = 0
     for parent in list(module.modules()):
         for child_name, child in list(parent.named_children()):
             if type(child) is nn.SiLU:
                 setattr(parent, child_name, make())
+                swapped += 1
+    return swapped
+
+
+def _check_swapped(p: "_RowParser", graph: dict[str, Any], where: str) -> None:
+    """An ``activation:`` that found no SiLU to replace would build the file's graph unchanged, silently."""
+    if p.act is not None and p.swapped == 0:
+        raise UserError(f"{where}: 'activation: {graph['activation']}' replaces the SiLU of the graph's blocks, "
+                        f"and this graph has none (its blocks bring their own activation); remove the key")
 
 
 def _number(graph: dict[str, Any], key: str, default: float, where: str) -> float:
@@ -204,6 +215,7 @@ class _RowParser:
     def __init__(self, where: str, nc: int, ch: int, depth: float, width: float, max_ch: float,
                  act: Callable[[], nn.Module] | None = None) -> None:
         self.where, self.depth, self.width, self.max_ch, self.act = where, depth, width, max_ch, act
+        self.swapped = 0  # SiLU modules replaced by the file's activation
         self.names = {"nc": nc}
         self.probe: dict[int, torch.Tensor] = {-1: torch.zeros(1, ch, DRY_RUN_SIZE, DRY_RUN_SIZE)}
         self.strides: dict[int, int] = {-1: 1}
@@ -309,7 +321,7 @@ class _RowParser:
                     args_k = [int(x.shape[1])] + full[1:]  # later copies read the previous copy's channels
             m = self.instantiate(i, section, cls, name, args_k)
             if self.act is not None:
-                swap_activation(m, self.act)
+                self.swapped += swap_activation(m, self.act)
             if multi and hasattr(m, "set_input_strides"):
                 m.set_input_strides([self.strides[a] for a in inputs])
             x = self.probe_run(i, section, m, name, x, shown)
@@ -386,6 +398,7 @@ def parse_model(graph: dict[str, Any], nc: int | None = None, scale: str | None 
     backbone = GraphBackbone([m for m, _ in built], [r for _, r in built], feature_rows,
                              [int(p.probe[i].shape[1]) for i in feature_rows], sorted(last_at))
     if not head_rows:
+        _check_swapped(p, graph, name)
         return backbone, None
 
     p.allowed_backbone_rows = set(feature_rows)
@@ -395,4 +408,5 @@ def parse_model(graph: dict[str, Any], nc: int | None = None, scale: str | None 
     if out_c != nc:
         raise p.fail(last, "head", f"the head's last row gives {out_c} channels, expected nc={nc} "
                                    f"(end the head with a SegOutput row, args [nc, ...])")
+    _check_swapped(p, graph, name)
     return backbone, GraphHead([m for m, _ in built], [r for _, r in built], feature_rows, p.strides[last])

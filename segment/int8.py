@@ -24,6 +24,9 @@ from utils.dataconfig import DataConfig, load_data_config
 from utils.dataset_check import preflight
 from utils.datasets import SegDataset
 from utils.errors import UserError
+from utils.timing import alternate, paired_ratio
+
+PAIRS = 20  # alternating fp32/int8 calls timed by --int8
 
 
 @dataclass
@@ -130,24 +133,12 @@ def quantize(fp32: Path, dst: Path, calib: Sequence[tuple[Any, ...]], quant_form
 
 def paired_latency_ms(backends: Sequence[OnnxBackend], batch: int, img_size: tuple[int, int],
                       runs: int = 20) -> tuple[list[float], list[float]]:
-    """Median ms per image of each backend, and the median over rounds of (first / each) time.
-
-    The calls alternate (one of each per round, after a warm-up), so a shared VM that changes speed
-    for a while (seen here: the same fp32 graph at 17 and 28 ms a minute apart) slows both sides of
-    a round alike; the ratio of each round is the speed-up, their median the reported one.
-    """
+    """Median ms per image of each backend, and the speed-up of each over the first: the median over
+    ``runs`` rounds of alternating calls of the ratio within the round (utils.timing)."""
     x = torch.rand(batch, 3, *img_size)
-    for be in backends:
-        be(x), be(x)
-    times: list[list[float]] = [[] for _ in backends]
-    for _ in range(runs):
-        for k, be in enumerate(backends):
-            t0 = time.perf_counter()
-            be(x)
-            times[k].append((time.perf_counter() - t0) * 1e3 / batch)
-    medians = [statistics.median(t) for t in times]
-    ratios = [statistics.median(a / b for a, b in zip(times[0], t)) for t in times]
-    return medians, ratios
+    times = alternate([lambda be=be: be(x) for be in backends], rounds=runs)
+    medians = [statistics.median(call[0] for call in rounds) / batch for rounds in times]
+    return medians, [paired_ratio(times[0], t) for t in times]
 
 
 def quantize_and_score(fp32: Path, dst: Path, plan: Int8Plan, args: argparse.Namespace) -> dict[str, Any]:
@@ -163,7 +154,7 @@ def quantize_and_score(fp32: Path, dst: Path, plan: Int8Plan, args: argparse.Nam
     for name, be in zip(("fp32", "int8"), backends):
         res = evaluate(be, plan.val_loader, plan.data, torch.device("cpu"), desc=f"val {name}", progress=False)
         out[name] = {"mIoU": float(res.metrics["mIoU"])}
-    medians, ratios = paired_latency_ms(backends, plan.batch, plan.img_size)
+    medians, ratios = paired_latency_ms(backends, plan.batch, plan.img_size, runs=PAIRS)
     out["fp32"]["ms_per_image"], out["int8"]["ms_per_image"] = medians
     out["speedup"] = ratios[1]
     f, q = out["fp32"], out["int8"]
@@ -171,5 +162,5 @@ def quantize_and_score(fp32: Path, dst: Path, plan: Int8Plan, args: argparse.Nam
     h, w = plan.img_size
     print(f"val mIoU fp32 {f['mIoU']:.4f}  int8 {q['mIoU']:.4f}  ({out['miou_drop_points']:+.2f} points lost); "
           f"ORT latency at {h}x{w}, batch {plan.batch}: fp32 {f['ms_per_image']:.1f} ms, "
-          f"int8 {q['ms_per_image']:.1f} ms ({out['speedup']:.2f}x, the median of 20 alternating pairs)")
+          f"int8 {q['ms_per_image']:.1f} ms ({out['speedup']:.2f}x, the median of {PAIRS} alternating pairs)")
     return out

@@ -64,16 +64,25 @@ def test_retime_replaces_only_the_latency_columns_of_a_stored_row(tmp_path, monk
         {k: v for k, v in row.items() if k not in ("torch_ms", "ort_ms")}
     assert rows["15 min, seed 0"] == _row("15 min, seed 0", 15, 0.4501)
     assert "| 60 min, seed 0 | 60 | 0 | **54.1** | 60.0 | 12 | 9.5 | 60.0 | 21.5 | 9.8 |" in out.read_text()
+    # timed again without ONNX: the ORT cell empties (not the figure being replaced), the first timing stays
+    monkeypatch.setattr(camvid_budget, "latencies", lambda w, threads, onnx, size: {"torch_ms": 30.0})
+    camvid_budget._main(args + ["--no-onnx"])
+    again = json.loads(store.read_text())["60 min, seed 0"]
+    assert again["torch_ms"] == 30.0 and again["ort_ms"] is None
+    assert again["retimed"]["before"] == {"torch_ms": 14.0, "ort_ms": 17.7}
+    assert "| 60 min, seed 0 | 60 | 0 | **54.1** | 60.0 | 12 | 9.5 | 60.0 | 30.0 | - |" in out.read_text()
     with pytest.raises(SystemExit, match="no row 'nope'"):
         camvid_budget._main(["--retime", "nope", "--store", str(store), "--out", str(out)])
     with pytest.raises(SystemExit):  # neither --minutes nor --retime: argparse's usage error
         camvid_budget._main(["--store", str(store)])
+    with pytest.raises(SystemExit):  # recipe flags would not apply to a stored checkpoint
+        camvid_budget._main(args + ["--", "--head", "lraspp"])
 
 
 def test_a_row_calls_its_code_dirty_only_for_changes_other_than_its_own_outputs(tmp_path, monkeypatch):
     """Every row rewrites BENCHMARKS.md and the store, so the next row's commit must not read '+dirty' for
     them; a changed source file still does."""
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     for name in ("BENCHMARKS.md", "benchmarks/results/rows.json", "code.py"):
         (tmp_path / name).write_text("v1\n")

@@ -92,26 +92,41 @@ def test_int8_runs_and_scores_close_to_fp32(setup, tmp_path):
 
 
 def test_int8_speedup_is_the_median_of_alternating_pairs(monkeypatch):
-    """The VM here changes speed for minutes at a time: timed in alternation, each round's ratio is taken
-    within one regime. A fake clock: fp32 costs 2 units, int8 1, and the second half of the rounds runs
-    3x slower for both; the medians move, the paired speed-up stays exactly 2."""
+    """The VM here changes speed for minutes at a time: fp32 timed in one block and int8 in the next
+    compares two speeds of the machine. A fake clock: fp32 costs 2 units, int8 1, and everything after
+    the first 10 rounds runs 3x slower; timed in blocks the speed-up would read 2/3 or 2/6, timed in
+    alternation each round's ratio is 2. Odd rounds call int8 first."""
     from segment import int8
+    from utils import timing
 
     clock = {"t": 0.0, "calls": 0}
+    order: list[str] = []
 
     class Fake:
-        def __init__(self, cost):
-            self.cost = cost
+        def __init__(self, name, cost):
+            self.name, self.cost = name, cost
 
         def __call__(self, x):
             clock["calls"] += 1
+            order.append(self.name)
             slow = 3.0 if clock["calls"] > 4 + 20 else 1.0  # after the warm-up (2 x 2) and 10 rounds of 2
             clock["t"] += self.cost * slow / 1e3  # seconds, so perf_counter deltas are cost * slow ms
 
-    monkeypatch.setattr(int8.time, "perf_counter", lambda: clock["t"])
-    medians, ratios = int8.paired_latency_ms([Fake(2.0), Fake(1.0)], batch=1, img_size=(8, 8), runs=20)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["t"])
+    medians, ratios = int8.paired_latency_ms([Fake("fp32", 2.0), Fake("int8", 1.0)], batch=1, img_size=(8, 8),
+                                             runs=20)
     assert ratios == pytest.approx([1.0, 2.0], abs=1e-9)
     assert medians == pytest.approx([4.0, 2.0], abs=1e-9)  # 10 calls at 2 and 10 at 6: the midpoint
+    assert order[4:10] == ["fp32", "int8", "int8", "fp32", "fp32", "int8"]
+
+
+def test_paired_ratio_takes_each_rounds_own_ratio():
+    """Per-round medians (10, 10), (20, 5), (100, 10): ratios 1, 4, 10 -> 4, where the ratio of the overall
+    medians would be 20 / 10 = 2. A round's several calls count by their median (9, 10, 11 -> 10)."""
+    from utils.timing import paired_ratio
+
+    assert paired_ratio([[9.0, 10.0, 11.0], [20.0], [100.0]], [[10.0], [5.0], [10.0]]) == pytest.approx(4.0)
+    assert paired_ratio([[4.0]], [[2.0, 2.0, 50.0]]) == pytest.approx(2.0)
 
 
 def _fails(argv, capsys, text, code=2):

@@ -159,6 +159,8 @@ def test_activation_key_swaps_every_silu_and_nothing_else(act: str, cls: type, t
     relu_file = build("yolov8n_relu_seg.yaml")
     assert relu_file.cfg["scale"] == "n" and count_params(relu_file) == count_params(silu)
     assert isinstance(relu_file.backbone.layers[0].act, nn.ReLU)
+    relu_graph = load_graph("yolov8_relu_seg.yaml")  # a copy of yolov8_seg.yaml but for the key: kept so
+    assert relu_graph.pop("activation") == "ReLU" and relu_graph == load_graph("yolov8_seg.yaml")
 
 
 @pytest.mark.parametrize("head", HEADS.names())
@@ -310,6 +312,19 @@ def test_bad_yaml_one_line_error(tmp_path: Path, edit, expected: str) -> None:
     assert msg.startswith(expected), msg
     if "does not fit" in expected:
         assert ("channels" in msg) if "ADown" in expected else ("Sizes of tensors must match" in msg)
+
+
+def test_activation_key_refused_where_no_block_has_silu() -> None:
+    """yolov7's backbone blocks bring their own LeakyReLU (ConvLeaky): `activation: ReLU` would change nothing
+    there, so it is refused rather than ignored; its SegOutput head has SiLU, so the full file accepts it."""
+    graph = {"backbone": load_graph("yolov7_seg.yaml")["backbone"], "activation": "ReLU"}
+    with pytest.raises(UserError) as err:
+        parse_model(graph, nc=NC, name="v7.yaml")
+    assert str(err.value) == ("v7.yaml: 'activation: ReLU' replaces the SiLU of the graph's blocks, and this graph "
+                              "has none (its blocks bring their own activation); remove the key")
+    backbone, head = parse_model({**load_graph("yolov7_seg.yaml"), "activation": "ReLU"}, nc=NC)
+    assert sum(isinstance(m, nn.ReLU) for m in head.modules()) == 4 and not any(
+        isinstance(m, nn.ReLU) for m in backbone.modules())
 
 
 def test_args_are_literals_not_code(tmp_path: Path) -> None:
