@@ -120,12 +120,6 @@ def eager_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     return run
 
 
-def interleaved(variants: dict[str, Callable[[], Any]], rounds: int, per_round: int) -> dict[str, list[list[float]]]:
-    """ms per call for each variant, round by round (utils.timing.alternate: every variant ``per_round``
-    times in turn in each round)."""
-    return dict(zip(variants, alternate(list(variants.values()), rounds, per_round)))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=2)
@@ -182,7 +176,7 @@ def main() -> None:
         path = Path(tmp) / "peer.onnx"
         export_plain(peer, path, PEER_SIZE, a.opset)
         add_ort(variants, f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}", path, x, a.threads, a.int8)
-        times = interleaved(variants, a.rounds, a.per_round)
+        times = dict(zip(variants, alternate(list(variants.values()), a.rounds, a.per_round)))  # ms per call, per round
     flat = {k: [t for r in v for t in r] for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in flat.items()}
     peer_name = f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}"

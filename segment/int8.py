@@ -132,7 +132,7 @@ def quantize(fp32: Path, dst: Path, calib: Sequence[tuple[Any, ...]], quant_form
 
 
 def paired_latency_ms(backends: Sequence[OnnxBackend], batch: int, img_size: tuple[int, int],
-                      runs: int = 20) -> tuple[list[float], list[float]]:
+                      runs: int = PAIRS) -> tuple[list[float], list[float]]:
     """Median ms per image of each backend, and the speed-up of each over the first: the median over
     ``runs`` rounds of alternating calls of the ratio within the round (utils.timing)."""
     x = torch.rand(batch, 3, *img_size)
@@ -154,7 +154,7 @@ def quantize_and_score(fp32: Path, dst: Path, plan: Int8Plan, args: argparse.Nam
     for name, be in zip(("fp32", "int8"), backends):
         res = evaluate(be, plan.val_loader, plan.data, torch.device("cpu"), desc=f"val {name}", progress=False)
         out[name] = {"mIoU": float(res.metrics["mIoU"])}
-    medians, ratios = paired_latency_ms(backends, plan.batch, plan.img_size, runs=PAIRS)
+    medians, ratios = paired_latency_ms(backends, plan.batch, plan.img_size)
     out["fp32"]["ms_per_image"], out["int8"]["ms_per_image"] = medians
     out["speedup"] = ratios[1]
     f, q = out["fp32"], out["int8"]
