@@ -12,7 +12,11 @@ variant in turn, so that a VM whose speed drifts slows all of them alike; the ta
 each speed-up is the median over rounds of that round's ratio.
 
 Sizes: ours at CamVid's native 360x480 (the shipped recipe's size: its graph pads to /32 inside) and
-at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image. A model
+at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image, and
+(``--peer-at``, default 288x384) at the scale its CamVid scores in BENCHMARKS.md were taken (trained with
+imgsz=288, scored by peer_camvid.py with the short side at 288, which scored best): timed like our ``@HxW``
+models, from the 360x480 image to 360x480 logits with both resizes, so that "at equal mIoU" compares the
+operating points that produced the mIoU. Every row gets a ratio against each peer row. A model
 given as ``YAML@HxW`` (trained at a smaller --img-size, e.g. camvid_yolov8n_fast.py's 288x384) is timed
 from the 360x480 image to 360x480 logits, both resizes inside the timed call; ``YAML:head`` puts a
 registered head over the graph's backbone. Several ``--ours`` models can share one interleaved run.
@@ -76,6 +80,15 @@ class Rescaled(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'288x384' -> (288, 384); exits with one line on anything else."""
+    try:
+        h, w = (int(v) for v in text.split("x"))
+    except ValueError:
+        sys.exit(f"peer_speed.py: size '{text}' is not HxW, e.g. 288x384")
+    return h, w
+
+
 def build_peer(cfg: str) -> nn.Module:
     """yolo26n-sem from Ultralytics' own YAML, NC classes, fused, eval."""
     try:
@@ -131,6 +144,9 @@ def main() -> None:
                         "and @HxW for a model run at a smaller --img-size (the 360x480 image resized to it and the "
                         "logits back, inside the timed call)")
     p.add_argument("--peer", default="yolo26n-sem.yaml", help="Ultralytics model YAML")
+    p.add_argument("--peer-at", nargs="*", default=["288x384"], metavar="HxW",
+                   help="also time the peer at these smaller sizes, from the 360x480 image to 360x480 logits "
+                        "(default: 288x384, the scale of its CamVid scores); none: only 384x480")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--int8", action="store_true", help="also time both ONNX graphs quantized to INT8 (ORT-int8 rows)")
     a = p.parse_args()
@@ -157,8 +173,7 @@ def main() -> None:
             ours = ours.to(memory_format=torch.channels_last)
             params[name] = sum(q.numel() for q in ours.parameters())
             if at:  # inference at a smaller size, timed from the 360x480 image to 360x480 logits
-                h, w = (int(v) for v in at.split("x"))
-                net = Rescaled(ours, (h, w)).eval()
+                net = Rescaled(ours, parse_size(at)).eval()
                 x = torch.rand(1, 3, 360, 480, generator=g)
                 variants[f"{name} 360x480 eager"] = eager_call(net, x.contiguous(memory_format=torch.channels_last))
                 path = Path(tmp) / f"ours{k}.onnx"
@@ -171,30 +186,36 @@ def main() -> None:
                 path = Path(tmp) / f"ours{k}_{size[0]}.onnx"
                 export_onnx(ours, path, size, 1, False, a.opset, False, {"names": [str(i) for i in range(NC)], "nc": NC})
                 add_ort(variants, f"{name} {size[0]}x{size[1]}", path, x, a.threads, a.int8)
-        x = torch.rand(1, 3, *PEER_SIZE, generator=g)
-        variants[f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]} eager"] = eager_call(peer, x)
-        path = Path(tmp) / "peer.onnx"
-        export_plain(peer, path, PEER_SIZE, a.opset)
-        add_ort(variants, f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}", path, x, a.threads, a.int8)
+        peer_rows = [(f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}", peer, PEER_SIZE)]
+        for at in a.peer_at:
+            peer_rows.append((f"yolo26n-sem@{at} 360x480", Rescaled(peer, parse_size(at)).eval(), (360, 480)))
+        for k, (name, net, size) in enumerate(peer_rows):
+            x = torch.rand(1, 3, *size, generator=g)
+            variants[f"{name} eager"] = eager_call(net, x)
+            path = Path(tmp) / f"peer{k}.onnx"
+            export_plain(net, path, size, a.opset)
+            add_ort(variants, name, path, x, a.threads, a.int8)
         times = dict(zip(variants, alternate(list(variants.values()), a.rounds, a.per_round)))  # ms per call, per round
     flat = {k: [t for r in v for t in r] for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in flat.items()}
-    peer_name = f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}"
-    ref = {k.rsplit(" ", 1)[1]: v for k, v in times.items() if k.startswith(peer_name)}
+    # per peer row, its times by backend: every row is compared with each peer row on the same backend
+    refs = {name: {k.rsplit(" ", 1)[1]: v for k, v in times.items() if k.startswith(name + " ")}
+            for name, _, _ in peer_rows}
     cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                 if l.startswith("model name")), "?")
     print(f"batch 1, {a.threads} threads, fp32{' and INT8' if a.int8 else ''}, median of {a.rounds}x{a.per_round} "
           f"interleaved calls; {cpu}, torch {torch.__version__}, ultralytics {ultralytics.__version__}; "
           f"params {', '.join(f'{k} {v / 1e6:.2f} M' for k, v in params.items())}, yolo26n-sem {n_peer / 1e6:.2f} M "
           f"(fused, {NC} classes)")
-    print("\n| model | input | backend | ms/img | p10-p90 ms | images/s | vs yolo26n-sem, same backend "
-          "(median of per-round ratios) |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("\nspeed-ups: the median of per-round ratios against each peer row on the same backend")
+    print("\n| model | input | backend | ms/img | p10-p90 ms | images/s | "
+          + " | ".join(f"vs {n.split(' ')[0]}" for n in refs) + " |")
+    print("|---|---|---|---:|---:|---:|" + "---:|" * len(refs))
     for k, v in flat.items():
         model, size, backend = k.rsplit(" ", 2)
         q = statistics.quantiles(v, n=10, method="inclusive")
-        print(f"| {model} | {size} | {backend} | {med[k]:.1f} | {q[0]:.1f}-{q[-1]:.1f} | {1e3 / med[k]:.1f} "
-              f"| {paired_ratio(ref[backend], times[k]):.2f}x |")
+        ratios = " | ".join(f"{paired_ratio(r[backend], times[k]):.2f}x" for r in refs.values())
+        print(f"| {model} | {size} | {backend} | {med[k]:.1f} | {q[0]:.1f}-{q[-1]:.1f} | {1e3 / med[k]:.1f} | {ratios} |")
 
 
 if __name__ == "__main__":
