@@ -150,6 +150,7 @@ def main() -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--int8", action="store_true", help="also time both ONNX graphs quantized to INT8 (ORT-int8 rows)")
     a = p.parse_args()
+    peer_sizes = [(at, parse_size(at)) for at in a.peer_at]  # a bad size stops the run before any export
     torch.set_num_threads(a.threads)
     try:
         import ultralytics
@@ -187,8 +188,8 @@ def main() -> None:
                 export_onnx(ours, path, size, 1, False, a.opset, False, {"names": [str(i) for i in range(NC)], "nc": NC})
                 add_ort(variants, f"{name} {size[0]}x{size[1]}", path, x, a.threads, a.int8)
         peer_rows = [(f"yolo26n-sem {PEER_SIZE[0]}x{PEER_SIZE[1]}", peer, PEER_SIZE)]
-        for at in a.peer_at:
-            peer_rows.append((f"yolo26n-sem@{at} 360x480", Rescaled(peer, parse_size(at)).eval(), (360, 480)))
+        for at, size in peer_sizes:
+            peer_rows.append((f"yolo26n-sem@{at} 360x480", Rescaled(peer, size).eval(), (360, 480)))
         for k, (name, net, size) in enumerate(peer_rows):
             x = torch.rand(1, 3, *size, generator=g)
             variants[f"{name} eager"] = eager_call(net, x)
