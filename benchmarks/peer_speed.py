@@ -89,6 +89,28 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_ours(specs: list[str]) -> list[tuple[str, str, str, tuple[int, int] | None]]:
+    """--ours entries as (row name, cfg, head, size or None); exits with one line on a bad or repeated entry."""
+    rows: list[tuple[str, str, str, tuple[int, int] | None]] = []
+    for spec in specs:
+        model, _, at = spec.partition("@")
+        cfg, _, head = model.partition(":")
+        plain = len(specs) == 1 and not head and not at  # the default call: one row name, "ours"
+        name = "ours" if plain else f"ours {Path(cfg).stem}{'+' + head if head else ''}{'@' + at if at else ''}"
+        if any(name == r[0] for r in rows):
+            sys.exit(f"peer_speed.py: --ours lists {spec} twice")
+        rows.append((name, cfg, head, parse_size(at) if at else None))
+    return rows
+
+
+def add_plain(variants: dict[str, Callable[[], Any]], name: str, net: nn.Module, x: torch.Tensor, path: Path,
+              a: argparse.Namespace) -> None:
+    """``net`` on ``x`` as '<name> eager', and exported without metadata to ``path`` as the ORT rows."""
+    variants[f"{name} eager"] = eager_call(net, x)
+    export_plain(net, path, tuple(x.shape[-2:]), a.opset)
+    add_ort(variants, name, path, x.contiguous(), a.threads, a.int8)
+
+
 def build_peer(cfg: str) -> nn.Module:
     """yolo26n-sem from Ultralytics' own YAML, NC classes, fused, eval."""
     try:
@@ -150,7 +172,9 @@ def main() -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--int8", action="store_true", help="also time both ONNX graphs quantized to INT8 (ORT-int8 rows)")
     a = p.parse_args()
-    peer_sizes = [(at, parse_size(at)) for at in a.peer_at]  # a bad size stops the run before any export
+    # bad sizes or repeated models stop the run before any model is built or exported
+    ours_rows = parse_ours(a.ours)
+    peer_sizes = [(at, parse_size(at)) for at in a.peer_at]
     torch.set_num_threads(a.threads)
     try:
         import ultralytics
@@ -163,23 +187,13 @@ def main() -> None:
     variants: dict[str, Callable[[], Any]] = {}
     g = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for k, spec in enumerate(a.ours):
-            spec, _, at = spec.partition("@")
-            cfg, _, head = spec.partition(":")
-            plain = len(a.ours) == 1 and not head and not at  # the default call: one row name, "ours"
-            name = "ours" if plain else f"ours {Path(cfg).stem}{'+' + head if head else ''}{'@' + at if at else ''}"
-            if name in params:
-                sys.exit(f"peer_speed.py: --ours lists {spec}{'@' + at if at else ''} twice")
+        for k, (name, cfg, head, at) in enumerate(ours_rows):
             ours = build_model(model_config(NC, cfg=cfg, head=head or None)).eval().fuse()
             ours = ours.to(memory_format=torch.channels_last)
             params[name] = sum(q.numel() for q in ours.parameters())
             if at:  # inference at a smaller size, timed from the 360x480 image to 360x480 logits
-                net = Rescaled(ours, parse_size(at)).eval()
-                x = torch.rand(1, 3, 360, 480, generator=g)
-                variants[f"{name} 360x480 eager"] = eager_call(net, x.contiguous(memory_format=torch.channels_last))
-                path = Path(tmp) / f"ours{k}.onnx"
-                export_plain(net, path, (360, 480), a.opset)
-                add_ort(variants, f"{name} 360x480", path, x, a.threads, a.int8)
+                x = torch.rand(1, 3, 360, 480, generator=g).contiguous(memory_format=torch.channels_last)
+                add_plain(variants, f"{name} 360x480", Rescaled(ours, at).eval(), x, Path(tmp) / f"ours{k}.onnx", a)
                 continue
             for size in ((360, 480), PEER_SIZE):
                 x = torch.rand(1, 3, *size, generator=g)
@@ -191,11 +205,7 @@ def main() -> None:
         for at, size in peer_sizes:
             peer_rows.append((f"yolo26n-sem@{at} 360x480", Rescaled(peer, size).eval(), (360, 480)))
         for k, (name, net, size) in enumerate(peer_rows):
-            x = torch.rand(1, 3, *size, generator=g)
-            variants[f"{name} eager"] = eager_call(net, x)
-            path = Path(tmp) / f"peer{k}.onnx"
-            export_plain(net, path, size, a.opset)
-            add_ort(variants, name, path, x, a.threads, a.int8)
+            add_plain(variants, name, net, torch.rand(1, 3, *size, generator=g), Path(tmp) / f"peer{k}.onnx", a)
         times = dict(zip(variants, alternate(list(variants.values()), a.rounds, a.per_round)))  # ms per call, per round
     flat = {k: [t for r in v for t in r] for k, v in times.items()}
     med = {k: statistics.median(v) for k, v in flat.items()}
