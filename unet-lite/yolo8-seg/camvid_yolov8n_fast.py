@@ -3,8 +3,9 @@ R-ASPP head, trained and run at 0.8 of CamVid's size (288x384; predictions are s
 
 camvid_yolov8n.py with three changes (BENCHMARKS.md, "A faster CamVid model"): --head lraspp (a stride-8
 head instead of the graph's top-down path to stride 4), --img-size 288 384 and --crop 224 320 (about the
-same crop-to-image ratio), and a 15-minute default budget; it keeps the random scale 0.5-2.0 that all its
-figures were measured with (the main recipe moved to 0.75-1.5 on 2026-12-06). It trains about twice the
+same crop-to-image ratio), and a 15-minute default budget; it keeps the random scale 0.5-2.0 and the
+weight decay 0.01 that all its figures were measured with (the main recipe moved to 0.75-1.5 and 0.05 on
+2026-12-06). It trains about twice the
 images per second of camvid_yolov8n.py and scores higher at 15 and 30 minutes (49.5 and 52.8 test against
 45.6 and 48.2 on 2026-12-06), but not at 60 (53.1 test / 63.3 val against 54.1 / 66.4 for the main recipe
 at scale 0.5-2.0, 54.4 / 67.5 at 0.75-1.5: its val stops rising after ~40 minutes), so camvid_yolov8n.py
@@ -28,6 +29,7 @@ PRESET = {
     "img_size": [288, 384],  # 0.64 of the pixels: val/test images are resized to it, logits back to 360x480
     "crop": [224, 320],  # ~0.78 x 0.83 of the training image, as 288x384 is of 360x480 in the main recipe
     "scale_range": [0.5, 2.0],  # as every fast-recipe figure was measured; 0.75-1.5 is untried here
+    "weight_decay": 0.01,  # likewise (AdamW's default); 0.05 is untried here
     "time": 0.25,  # hours; up to 30 minutes it beats camvid_yolov8n.py, at 60 it does not (BENCHMARKS.md)
     "project": "runs/camvid-fast",
 }
