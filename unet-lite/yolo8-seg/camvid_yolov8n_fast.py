@@ -3,13 +3,13 @@ R-ASPP head, trained and run at 0.8 of CamVid's size (288x384; predictions are s
 
 camvid_yolov8n.py with three changes (BENCHMARKS.md, "A faster CamVid model"): --head lraspp (a stride-8
 head instead of the graph's top-down path to stride 4), --img-size 288 384 and --crop 224 320 (about the
-same crop-to-image ratio), and a 15-minute default budget; it keeps the random scale 0.5-2.0 and the
-weight decay 0.01 that all its figures were measured with (the main recipe moved to 0.75-1.5 and 0.05 on
-2026-12-06). It trains about twice the
-images per second of camvid_yolov8n.py and scores higher at 15 and 30 minutes (49.5 and 52.8 test against
-45.6 and 48.2 on 2026-12-06), but not at 60 (53.1 test / 63.3 val against 54.1 / 66.4 for the main recipe
-at scale 0.5-2.0, 54.4 / 67.5 at 0.75-1.5: its val stops rising after ~40 minutes), so camvid_yolov8n.py
-stays the 60-minute recipe. Every segment/train.py flag works here and overrides the preset:
+same crop-to-image ratio), and a 15-minute default budget; it keeps the random scale 0.5-2.0 and the weight
+decay 0.01 that all its figures were measured with (the main recipe moved to 0.75-1.5 and 0.05 on
+2026-12-06). It trains about twice the images per second of camvid_yolov8n.py and scores higher at 15 and 30
+minutes (49.5 and 52.8 test against 45.6 and 48.2 on 2026-12-06), but not at 60 (53.1 test / 63.3 val
+against 54.1 / 66.4 for the main recipe at scale 0.5-2.0, 54.4 / 67.5 at 0.75-1.5, 56.3 / 68.1 with decay
+0.05 too: its val stops rising after ~40 minutes), so camvid_yolov8n.py stays the 60-minute recipe.
+Every segment/train.py flag works here and overrides the preset:
     python unet-lite/yolo8-seg/camvid_yolov8n_fast.py --data data/camvid.yaml              # 15 minutes
     python segment/val.py --weights runs/camvid-fast/exp/weights/best.pt --split test
 """
