@@ -163,9 +163,8 @@ class Trainer:
 
         cw = self._class_weights(reports["train"].class_pixels)
         self.loss_fn = SegLoss(a.loss, self.data.ignore_index, cw, a.aux_weight, self.model.output_weights).to(self.device)
-        lr0 = a.lr0 if a.lr0 is not None else (0.01 if a.optimizer == "sgd" else 1e-3)
-        wd = a.weight_decay if a.weight_decay is not None else (5e-4 if a.optimizer == "sgd" else 0.01)
-        self.optimizer = build_optimizer(self.model, a.optimizer, lr0, a.momentum, wd)
+        # lr0 and weight_decay are already resolved (config.resolve_defaults): one place owns their defaults
+        self.optimizer = build_optimizer(self.model, a.optimizer, a.lr0, a.momentum, a.weight_decay)
         ipe = len(self.train_loader)
         if a.time:
             # progress is the share of the time budget used; warm-up takes warmup_epochs/epochs of it

@@ -151,15 +151,13 @@ def test_fast_recipe_is_the_recipe_with_its_three_changes_and_trains(tiny_data, 
     """camvid_yolov8n_fast.py = camvid_yolov8n.py + lraspp head at 288x384 (crop 224x320), a 15-minute
     budget and the scale range and weight decay it was measured with, nothing else, and its preset trains:
     the Lite R-ASPP head is built over the graph's backbone, with the optimizer settings the preset names."""
-    from segment.train import run
+    from segment.train import build_parser, run
 
     base, fast = _preset("camvid_yolov8n.py"), _preset("camvid_yolov8n_fast.py")
     changed = {k for k in base.keys() | fast.keys() if base.get(k) != fast.get(k)}
     assert changed == {"head", "img_size", "crop", "scale_range", "weight_decay", "time", "project"}, changed
     assert (base["scale_range"], fast["scale_range"]) == ([0.75, 1.5], [0.5, 2.0])
     assert (base["weight_decay"], fast["weight_decay"]) == (0.05, 0.01)
-    from segment.train import build_parser
-
     assert build_parser(base).parse_args([]).weight_decay == 0.05  # the preset reaches the parsed flags
     assert (fast["head"], fast["img_size"], fast["crop"], fast["time"]) == ("lraspp", [288, 384], [224, 320], 0.25)
     s = run(fast, data=str(tiny_data), project=str(tmp_path), name="fast", img_size=[64], crop=[32, 48], epochs=1,
