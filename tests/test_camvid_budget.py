@@ -168,7 +168,26 @@ def test_fast_recipe_is_the_recipe_with_its_three_changes_and_trains(tiny_data, 
     assert (ckpt["args"]["weight_decay"], ckpt["args"]["scale_range"]) == (0.01, [0.5, 2.0])
 
 
-def test_fast_recipe_starts_from_the_command_line():
-    r = subprocess.run([sys.executable, "unet-lite/yolo8-seg/camvid_yolov8n_fast.py", "--help"], cwd=REPO,
+def test_rt_recipe_is_the_fast_recipe_at_192x256_and_trains_at_its_own_size(tiny_data, tmp_path):
+    """camvid_yolov8n_rt.py = camvid_yolov8n_fast.py at 192x256 (crop 160x224) with the main recipe's scale
+    range and weight decay and a 60-minute budget, nothing else; its preset trains as it stands (no size
+    override), so the checkpoint carries the 192x256 input that export and predict will use."""
+    from segment.train import run
+
+    fast, rt = _preset("camvid_yolov8n_fast.py"), _preset("camvid_yolov8n_rt.py")
+    changed = {k for k in fast.keys() | rt.keys() if fast.get(k) != rt.get(k)}
+    assert changed == {"img_size", "crop", "scale_range", "weight_decay", "time", "project"}, changed
+    assert (rt["img_size"], rt["crop"], rt["scale_range"], rt["weight_decay"], rt["time"]) == (
+        [192, 256], [160, 224], [0.75, 1.5], 0.05, 1.0)
+    s = run(rt, data=str(tiny_data), project=str(tmp_path), name="rt", epochs=1, batch_size=4, workers=0, time=None,
+            cache="none", val_period=1)
+    ckpt = torch.load(Path(s["save_dir"]) / "weights" / "last.pt", weights_only=True)
+    assert ckpt["model_cfg"]["head"] == "lraspp" and ckpt["img_size"] == [192, 256]
+    assert (ckpt["args"]["crop"], ckpt["args"]["weight_decay"]) == ([160, 224], 0.05) and s["epochs_run"] == 1
+
+
+@pytest.mark.parametrize("script", ["camvid_yolov8n_fast.py", "camvid_yolov8n_rt.py"])
+def test_fast_recipes_start_from_the_command_line(script):
+    r = subprocess.run([sys.executable, f"unet-lite/yolo8-seg/{script}", "--help"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--img-size" in r.stdout, r.stderr[-2000:]
