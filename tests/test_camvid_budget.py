@@ -147,6 +147,10 @@ def _preset(script: str) -> dict:
     return _load_preset(REPO / "unet-lite" / "yolo8-seg" / script)
 
 
+def _changed_keys(a: dict, b: dict) -> set:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
 def test_fast_recipe_is_the_recipe_with_its_three_changes_and_trains(tiny_data, tmp_path):
     """camvid_yolov8n_fast.py = camvid_yolov8n.py + lraspp head at 288x384 (crop 224x320), a 15-minute
     budget and the scale range and weight decay it was measured with, nothing else, and its preset trains:
@@ -154,7 +158,7 @@ def test_fast_recipe_is_the_recipe_with_its_three_changes_and_trains(tiny_data, 
     from segment.train import build_parser, run
 
     base, fast = _preset("camvid_yolov8n.py"), _preset("camvid_yolov8n_fast.py")
-    changed = {k for k in base.keys() | fast.keys() if base.get(k) != fast.get(k)}
+    changed = _changed_keys(base, fast)
     assert changed == {"head", "img_size", "crop", "scale_range", "weight_decay", "time", "project"}, changed
     assert (base["scale_range"], fast["scale_range"]) == ([0.75, 1.5], [0.5, 2.0])
     assert (base["weight_decay"], fast["weight_decay"]) == (0.05, 0.01)
@@ -175,7 +179,7 @@ def test_rt_recipe_is_the_fast_recipe_at_192x256_and_trains_at_its_own_size(tiny
     from segment.train import run
 
     fast, rt = _preset("camvid_yolov8n_fast.py"), _preset("camvid_yolov8n_rt.py")
-    changed = {k for k in fast.keys() | rt.keys() if fast.get(k) != rt.get(k)}
+    changed = _changed_keys(fast, rt)
     assert changed == {"img_size", "crop", "scale_range", "weight_decay", "time", "project"}, changed
     assert (rt["img_size"], rt["crop"], rt["scale_range"], rt["weight_decay"], rt["time"]) == (
         [192, 256], [160, 224], [0.75, 1.5], 0.05, 1.0)

@@ -28,8 +28,8 @@ PRESET = {
     "head": "lraspp",  # over the graph's backbone (its P3/P5 features); the YAML's own head is not built
     "img_size": [288, 384],  # 0.64 of the pixels: val/test images are resized to it, logits back to 360x480
     "crop": [224, 320],  # ~0.78 x 0.83 of the training image, as 288x384 is of 360x480 in the main recipe
-    "scale_range": [0.5, 2.0],  # as every fast-recipe figure was measured; 0.75-1.5 is untried here
-    "weight_decay": 0.01,  # likewise (AdamW's default); 0.05 is untried here
+    "scale_range": [0.5, 2.0],  # as every fast-recipe figure was measured; with 0.75-1.5 and decay 0.05 at 30
+    "weight_decay": 0.01,  # minutes: 51.9 / 63.8 against 52.8 / 63.1, no clear gain (BENCHMARKS.md); AdamW's default
     "time": 0.25,  # hours; up to 30 minutes it beats camvid_yolov8n.py, at 60 it does not (BENCHMARKS.md)
     "project": "runs/camvid-fast",
 }

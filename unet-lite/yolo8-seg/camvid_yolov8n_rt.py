@@ -1,7 +1,7 @@
 """CamVid from scratch on a CPU for real-time inference: the fast recipe's model (YOLOv8-n backbone, Lite
 R-ASPP head) trained and run at 192x256, 0.28 of CamVid's pixels (predictions are scored at the native 360x480).
 
-camvid_yolov8n_fast.py with four changes: --img-size 192 256 and --crop 160 224 (about the fast recipe's
+camvid_yolov8n_fast.py with five changes: --img-size 192 256 and --crop 160 224 (about the fast recipe's
 crop-to-image ratio), the main recipe's random scale 0.75-1.5 and weight decay 0.05, and a 60-minute budget.
 Measured (BENCHMARKS.md, 2026-12-06, fifth session; one seed): 49.7 test / 62.2 val in 60 minutes against
 yolo26n-sem's 46.9 / 61.2 in 60, at 2.05-2.21x its images/s in ONNX Runtime and 1.34-1.68x in PyTorch eager
