@@ -19,7 +19,8 @@ models, from the 360x480 image to 360x480 logits with both resizes, so that "at 
 operating points that produced the mIoU. Every row gets a ratio against each peer row. A model
 given as ``YAML@HxW`` (trained at a smaller --img-size, e.g. camvid_yolov8n_fast.py's 288x384) is timed
 from the 360x480 image to 360x480 logits, both resizes inside the timed call; ``YAML:head`` puts a
-registered head over the graph's backbone. Several ``--ours`` models can share one interleaved run.
+registered head over the graph's backbone and ``YAML:head:k=v,...`` gives it --head-args. Several ``--ours``
+models can share one interleaved run.
 
 Ultralytics is not a dependency of this project (it is AGPL): install it into a separate environment,
 e.g. ``python -m venv --system-site-packages /tmp/ulv && /tmp/ulv/bin/pip install ultralytics``, and run
@@ -45,9 +46,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.model import build_model, model_config
+from segment.common import parse_kv
 from segment.export import export_onnx
 from segment.int8 import quantize
 from segment.onnx_backend import import_ort, session_options
+from utils.errors import UserError
 from utils.timing import alternate, paired_ratio
 
 NC = 11
@@ -89,17 +92,27 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def parse_ours(specs: list[str]) -> list[tuple[str, str, str, tuple[int, int] | None]]:
-    """--ours entries as (row name, cfg, head, size or None); exits with one line on a bad or repeated entry."""
-    rows: list[tuple[str, str, str, tuple[int, int] | None]] = []
+Ours = tuple[str, str, str, dict[str, Any], tuple[int, int] | None]
+
+
+def parse_ours(specs: list[str]) -> list[Ours]:
+    """--ours entries as (row name, cfg, head, head options, size or None); exits with one line on a bad or
+    repeated entry."""
+    rows: list[Ours] = []
     for spec in specs:
         model, _, at = spec.partition("@")
         cfg, _, head = model.partition(":")
+        head, _, opts = head.partition(":")
+        try:
+            head_args = parse_kv(opts, flag=f"--ours {spec}")
+        except UserError as e:
+            sys.exit(f"peer_speed.py: {e}")
         plain = len(specs) == 1 and not head and not at  # the default call: one row name, "ours"
-        name = "ours" if plain else f"ours {Path(cfg).stem}{'+' + head if head else ''}{'@' + at if at else ''}"
+        name = "ours" if plain else (f"ours {Path(cfg).stem}{'+' + head if head else ''}{'(' + opts + ')' if opts else ''}"
+                                     f"{'@' + at if at else ''}")
         if any(name == r[0] for r in rows):
             sys.exit(f"peer_speed.py: --ours lists {spec} twice")
-        rows.append((name, cfg, head, parse_size(at) if at else None))
+        rows.append((name, cfg, head, head_args, parse_size(at) if at else None))
     return rows
 
 
@@ -163,6 +176,7 @@ def main() -> None:
     p.add_argument("--ours", nargs="+", default=[str(Path(__file__).resolve().parents[1] / "models" / "yolov8n_seg.yaml")],
                    help="our models: a model YAML (default: the CamVid recipe's), YAML:head for a registered head "
                         "over the graph's backbone (models/yolov8n_seg.yaml:lraspp is the recipe's --head lraspp), "
+                        "YAML:head:k=v,k=v with the head's --head-args (models/yolov8n_seg.yaml:lraspp:low_stride=4), "
                         "and @HxW for a model run at a smaller --img-size (the 360x480 image resized to it and the "
                         "logits back, inside the timed call)")
     p.add_argument("--peer", default="yolo26n-sem.yaml", help="Ultralytics model YAML")
@@ -187,8 +201,8 @@ def main() -> None:
     variants: dict[str, Callable[[], Any]] = {}
     g = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for k, (name, cfg, head, at) in enumerate(ours_rows):
-            ours = build_model(model_config(NC, cfg=cfg, head=head or None)).eval().fuse()
+        for k, (name, cfg, head, head_args, at) in enumerate(ours_rows):
+            ours = build_model(model_config(NC, cfg=cfg, head=head or None, head_args=head_args)).eval().fuse()
             ours = ours.to(memory_format=torch.channels_last)
             params[name] = sum(q.numel() for q in ours.parameters())
             if at:  # inference at a smaller size, timed from the 360x480 image to 360x480 logits

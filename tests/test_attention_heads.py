@@ -97,6 +97,29 @@ def test_new_heads_train_and_infer_at_odd_sizes(bb, head, args):
     assert isinstance(y, torch.Tensor) and y.shape == (1, NC, 61, 45)
 
 
+@pytest.mark.parametrize("low_stride,out_stride", [(8, 8), (4, 4)])
+def test_lraspp_equals_the_papers_order_of_upsample_then_classify(low_stride, out_stride):
+    """The head classifies the gated deep map before upsampling it (cheaper at a stride-4 skip); the
+    paper's order (upsample the width-channel map, then the 1x1 classifier) must give the same logits."""
+    torch.manual_seed(0)
+    model = build_model(model_config(NC, cfg="models/yolov8n_seg.yaml", head="lraspp",
+                                     head_args={"low_stride": low_stride})).eval()
+    head = model.head
+    assert head.out_stride == out_stride and model.backbone.strides[head.low] == out_stride
+    with torch.no_grad():
+        for m in head.modules():  # non-trivial BN statistics, so the gate and the bias both matter
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+        feats = model.backbone(torch.rand(1, 3, 70, 98))
+        high, low = feats[-1], feats[head.low]
+        gated = head.cbr(high) * head.scale(high.mean((2, 3), keepdim=True))
+        up = torch.nn.functional.interpolate(gated, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        want = head.low_classifier(low) + head.high_classifier(up)
+        got = head(feats)
+    assert got.shape == (1, NC, *low.shape[-2:]) and low.shape[-1] == math.ceil(98 / out_stride)
+    assert torch.allclose(got, want, atol=1e-5) and want.abs().max() > 0.1
+
+
 def test_attention_gates_sit_in_every_decoder_block():
     from models.attention import CBAM as G
 

@@ -1,8 +1,8 @@
 """``lraspp``: Lite R-ASPP (Howard et al. 2019, "Searching for MobileNetV3", section 6.3), the cheap CPU tier.
 
 The deepest level goes through two branches: a 1x1 Conv-BN-ReLU and a global-pool -> 1x1 conv -> sigmoid
-gate; their product is upsampled to the stride-8 level, and the class logits of both (the gated deep map
-and a 1x1 classifier on the stride-8 level) are summed. The paper pools with a large stride-4 kernel;
+gate; the class logits of their product are upsampled to the stride-8 level (``low_stride``) and summed
+with a 1x1 classifier on that level. The paper pools with a large stride-4 kernel;
 we pool globally, as torchvision's LRASPP does, so the head is size-independent and exports at any size.
 """
 from __future__ import annotations
@@ -43,4 +43,6 @@ class LRASPPHead(Head):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         high, low = features[self.high], features[self.low]
         x = self.cbr(high) * self.scale(high.mean((2, 3), keepdim=True))
-        return self.low_classifier(low) + self.high_classifier(upsample_like(x, low))
+        # classify, then upsample: a 1x1 conv and bilinear resizing (weights summing to 1) commute exactly,
+        # and resizing nc channels instead of ``width`` is what keeps a stride-4 skip (low_stride=4) cheap
+        return self.low_classifier(low) + upsample_like(self.high_classifier(x), low)
