@@ -195,3 +195,19 @@ def test_fast_recipes_start_from_the_command_line(script):
     r = subprocess.run([sys.executable, f"unet-lite/yolo8-seg/{script}", "--help"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--img-size" in r.stdout, r.stderr[-2000:]
+
+
+def test_peer_speed_reads_head_options_in_a_model_spec():
+    """--ours YAML:head:k=v@HxW builds the head with those --head-args (the low_stride=4 timing of the sixth
+    session); a malformed option or a repeated model stops before anything is built, in one line."""
+    from benchmarks import peer_speed
+
+    rows = peer_speed.parse_ours(["models/yolov8n_seg.yaml:lraspp:low_stride=4,width=96@288x384",
+                                  "models/yolov8n_seg.yaml:lraspp@288x384", "models/yolov8n_seg.yaml"])
+    assert rows[0] == ("ours yolov8n_seg+lraspp(low_stride=4,width=96)@288x384", "models/yolov8n_seg.yaml",
+                       "lraspp", {"low_stride": 4, "width": 96}, (288, 384))
+    assert rows[1][2:] == ("lraspp", {}, (288, 384)) and rows[2][2:] == ("", {}, None)
+    with pytest.raises(SystemExit, match=r"^peer_speed.py: --ours m.yaml:lraspp:low_stride@288x384 'low_stride': use key=value"):
+        peer_speed.parse_ours(["m.yaml:lraspp:low_stride@288x384"])
+    with pytest.raises(SystemExit, match="lists m.yaml:lraspp:width=8 twice"):
+        peer_speed.parse_ours(["m.yaml:lraspp:width=8", "m.yaml:lraspp:width=8"])
