@@ -108,8 +108,8 @@ def parse_ours(specs: list[str]) -> list[Ours]:
         except UserError as e:
             sys.exit(f"peer_speed.py: {e}")
         plain = len(specs) == 1 and not head and not at  # the default call: one row name, "ours"
-        name = "ours" if plain else (f"ours {Path(cfg).stem}{'+' + head if head else ''}{'(' + opts + ')' if opts else ''}"
-                                     f"{'@' + at if at else ''}")
+        name = "ours" if plain else (f"ours {Path(cfg).stem}{'+' + head if head else ''}"
+                                     f"{'(' + opts + ')' if opts else ''}{'@' + at if at else ''}")
         if any(name == r[0] for r in rows):
             sys.exit(f"peer_speed.py: --ours lists {spec} twice")
         rows.append((name, cfg, head, head_args, parse_size(at) if at else None))
