@@ -151,7 +151,7 @@ def _changed_keys(a: dict, b: dict) -> set:
     return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
 
 
-def test_fast_recipe_is_the_recipe_with_its_three_changes_and_trains(tiny_data, tmp_path):
+def test_fast_recipe_is_the_recipe_with_its_stated_changes_and_trains(tiny_data, tmp_path):
     """camvid_yolov8n_fast.py = camvid_yolov8n.py + lraspp head at 288x384 (crop 224x320), a 15-minute
     budget and the scale range and weight decay it was measured with, nothing else, and its preset trains:
     the Lite R-ASPP head is built over the graph's backbone, with the optimizer settings the preset names."""
