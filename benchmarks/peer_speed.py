@@ -7,7 +7,9 @@ bilinear resize; ours resizes inside the graph. Batch 1 by default, --threads in
 eager fp32 (each tool's own layout: ours channels-last as the engine runs it, Ultralytics NCHW) and
 ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset), and with --int8 also both
 graphs quantized by our export path's own ``segment.int8.quantize`` (QDQ, per-channel int8 weights, uint8
-activations, calibrated on random images: speed does not depend on the values). Each round runs every
+activations, calibrated on random images: speed does not depend on the values; the Resize nodes at either
+end of a timed graph, the image to the model's size and the logits to the image's, stay fp32, as the
+deployed paths run them outside the exported model). Each round runs every
 variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians, and
 each speed-up is the median over rounds of that round's ratio.
 
@@ -157,7 +159,7 @@ def add_ort(variants: dict[str, Callable[[], Any]], name: str, path: Path, x: to
         g = torch.Generator().manual_seed(1)
         calib = [(torch.randint(0, 256, tuple(x.shape[1:]), dtype=torch.uint8, generator=g),) for _ in range(4)]
         q = path.with_name(path.stem + "-int8.onnx")
-        quantize(path, q, calib)
+        quantize(path, q, calib, fp32_io_resizes=True)
         variants[f"{name} ORT-int8"] = ort_call(q, x, threads)
 
 

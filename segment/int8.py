@@ -93,12 +93,21 @@ class _Reader:
         self._it = None
 
 
+def io_resizes(model: Any) -> list[str]:
+    """Names of the Resize nodes of an ONNX ``model`` that read a graph input or write a graph output."""
+    ends = {v.name for v in model.graph.input} | {v.name for v in model.graph.output}
+    return [n.name for n in model.graph.node
+            if n.op_type == "Resize" and (n.input[0] in ends or any(o in ends for o in n.output))]
+
+
 def quantize(fp32: Path, dst: Path, calib: Sequence[tuple[Any, ...]], quant_format: str = "qdq",
-             batch: int = 1) -> None:
+             batch: int = 1, fp32_io_resizes: bool = False) -> None:
     """Static INT8 quantization of ``fp32`` into ``dst`` (metadata carried over).
 
     ``calib``: items whose first element is a uint8 CHW image tensor at the graph's size (a SegDataset
-    with the eval transform; benchmarks/inference_speed.py passes random images).
+    with the eval transform; benchmarks/inference_speed.py passes random images). ``fp32_io_resizes``
+    leaves in fp32 the Resize nodes that read the graph's input or write its output: a benchmark graph
+    that wraps the resizes to and from a model's size, which the deployed path runs outside the graph.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -112,9 +121,11 @@ def quantize(fp32: Path, dst: Path, calib: Sequence[tuple[Any, ...]], quant_form
         src = fp32
     reader = _Reader(calib, "images", batch)
     CalibrationDataReader.register(type(reader))
+    exclude = io_resizes(onnx.load(str(src), load_external_data=False)) if fp32_io_resizes else []
     quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ if quant_format == "qdq"
                     else QuantFormat.QOperator, per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=exclude)
     pre.unlink(missing_ok=True)
     src_meta = {p.key: p.value for p in onnx.load(str(fp32), load_external_data=False).metadata_props}
     proto = onnx.load(str(dst))

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import BACKBONES, HEADS, build_model, model_config
 from segment import export, val
@@ -304,3 +305,40 @@ def test_data_yaml_stands_in_for_missing_ignore_index_and_palette(setup, tmp_pat
     export.main(["--weights", str(weights), "--argmax", "--output", str(am)])
     with pytest.raises(UserError, match="not probabilities"):
         predict.Predictor(am).probabilities(str(img))
+
+
+def test_int8_can_leave_the_resizes_at_the_graphs_ends_in_fp32(tmp_path):
+    """peer_speed.py times 'image in, logits at the image size out' graphs whose first and last Resize are
+    the deployed path's pre/post-processing (run outside the exported model): with fp32_io_resizes those
+    two stay fp32 while the Resize inside the network is still quantized (by default the last one is
+    quantized too)."""
+    from segment.int8 import io_resizes, quantize
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.Conv2d(4, 3, 1)
+
+        def forward(self, x):
+            y = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)  # to the model size
+            y = F.interpolate(self.a(y), scale_factor=2.0, mode="bilinear", align_corners=False)  # the model's
+            return F.interpolate(self.b(y), size=x.shape[-2:], mode="bilinear", align_corners=False)  # back
+
+    fp32 = tmp_path / "w.onnx"
+    torch.onnx.export(Wrapped().eval(), (torch.rand(1, 3, 24, 20),), str(fp32), dynamo=False, opset_version=17,
+                      input_names=["images"], output_names=["output"])
+    resizes = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Resize"]
+    assert len(resizes) == 3 and io_resizes(onnx.load(str(fp32))) == [resizes[0], resizes[2]]
+    calib = [(torch.randint(0, 256, (3, 24, 20), dtype=torch.uint8),) for _ in range(2)]
+
+    def int8_resizes(dst):  # ORT runs a Resize in int8 when it reads a DequantizeLinear and feeds a QuantizeLinear
+        g = onnx.load(str(dst)).graph
+        made_by = {o: n.op_type for n in g.node for o in n.output}
+        read_by = {i: n.op_type for n in g.node for i in n.input}
+        return [n.name for n in g.node if n.op_type == "Resize"
+                and made_by.get(n.input[0]) == "DequantizeLinear" and read_by.get(n.output[0]) == "QuantizeLinear"]
+
+    quantize(fp32, tmp_path / "all.onnx", calib)
+    quantize(fp32, tmp_path / "ends.onnx", calib, fp32_io_resizes=True)
+    assert int8_resizes(tmp_path / "all.onnx") == resizes[1:]  # the first reads the fp32 input either way
+    assert int8_resizes(tmp_path / "ends.onnx") == [resizes[1]]
