@@ -330,3 +330,19 @@ def test_activation_key_refused_where_no_block_has_silu() -> None:
 def test_args_are_literals_not_code(tmp_path: Path) -> None:
     msg = _bad(tmp_path, _set("backbone", 0, [-1, 1, "Conv", ["__import__('os').getcwd()", 3, 2]]))
     assert msg.startswith("FILE: row 0 (backbone): Conv(3, \"__import__('os').getcwd()\", 3, 2) failed to build: ")
+
+
+def test_p3_graph_is_the_seg_graph_without_its_stride_4_stage() -> None:
+    """yolov8_seg_p3.yaml = yolov8_seg.yaml minus rows 16-18 (Upsample, Concat with P2, C2f) and SegOutput's
+    P2 lateral. At scale n, 11 classes, the missing parameters by hand: the C2f(64 + 32 -> 32, one
+    bottleneck of 16 channels, no shortcut): cv1 96*32 + 2*32, cv2 48*32 + 2*32, two 3x3 convs 16*16*9 + 2*16
+    each; the lateral 1x1 Conv 32*32 + 2*32."""
+    full, p3 = build("yolov8_seg.yaml", "n", nc=11), build("yolov8_seg_p3.yaml", "n", nc=11)
+    c2f = (96 * 32 + 64) + (48 * 32 + 64) + 2 * (16 * 16 * 9 + 32)
+    assert count_params(full) == 1_484_539 and count_params(p3) == 1_484_539 - c2f - (32 * 32 + 64) == 1_474_043
+    assert load_graph("yolov8_seg_p3.yaml")["backbone"] == load_graph("yolov8_seg.yaml")["backbone"]
+    assert load_graph("yolov8_seg_p3.yaml")["head"][:6] == load_graph("yolov8_seg.yaml")["head"][:6]
+    assert p3.head.out_stride == 8 and full.head.out_stride == 4
+    p3.eval()
+    with torch.no_grad():
+        assert p3(torch.rand(1, 3, 72, 100)).shape == (1, 11, 72, 100)  # padded to /32 inside, cropped back
