@@ -50,29 +50,42 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """Logits at the input size; in training with auxiliary outputs, {"out": logits, name: logits, ...}."""
         h, w = x.shape[-2:]
-        x = (x - self.mean) / self.std
         # Pad (with the mean colour, i.e. zero after normalisation) to a multiple of the largest stride
         # so every Upsample x2 / Concat pair lines up for any input size; the logits are cropped back.
         # Always padded (a zero pad is a copy): a Python `if` on the sizes would be frozen into a traced
         # graph, which would then fail or drift at other input sizes.
-        x = F.pad(x, (0, (-w) % self.stride, 0, (-h) % self.stride))
+        x = F.pad((x - self.mean) / self.std, (0, (-w) % self.stride, 0, (-h) % self.stride))
+        return self._logits(x, h, w, crop=True)
+
+    def forward_static(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """forward() for a graph traced at this one input size (a static ONNX export). At a multiple of the
+        stride the pad and the crop are no-ops, but a traced graph keeps them as copies that ONNX Runtime
+        does not remove (the two full-size crops cost ~1.2 ms of a ~17 ms call at 288x384 here): here they
+        are left out, which only a graph that never sees another size may do. Same values as forward()."""
+        h, w = x.shape[-2:]
+        if h % self.stride or w % self.stride:
+            return self.forward(x)
+        return self._logits((x - self.mean) / self.std, h, w, crop=False)
+
+    def _logits(self, x: torch.Tensor, h: int, w: int, crop: bool) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Backbone, head(s) and the logits resized to ``x``'s size (cropped to h x w with ``crop``)."""
         features = self.backbone(x)
         head_out = self.head(features)
         outputs = dict(head_out) if isinstance(head_out, dict) else {"out": head_out}
-        out = self._upsample(outputs.pop("out"), x, h, w)
+        out = self._upsample(outputs.pop("out"), x, h, w, crop)
         if not self.training:
             return out  # evaluation, predict and export see the main logits only
         if self.aux_head is not None:
             outputs["aux"] = self.aux_head(features)
         if not outputs:
             return out
-        return {"out": out, **{k: self._upsample(v, x, h, w) for k, v in outputs.items()}}
+        return {"out": out, **{k: self._upsample(v, x, h, w, crop) for k, v in outputs.items()}}
 
     @staticmethod
-    def _upsample(logits: torch.Tensor, padded: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def _upsample(logits: torch.Tensor, padded: torch.Tensor, h: int, w: int, crop: bool) -> torch.Tensor:
         # unconditional for the same reason as the pad (every head's out_stride is > 1 anyway)
         logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :h, :w]
+        return logits[..., :h, :w] if crop else logits
 
     def fuse(self) -> "SegmentationModel":
         """Fold BatchNorm (and re-parameterisable branches) into convolutions for inference."""

@@ -47,15 +47,16 @@ DCN_OPSET = 19  # first ONNX opset with DeformConv
 
 class ExportModule(nn.Module):
     """What is exported: the model's main output, optionally ending in argmax -> class ids (uint8; int32
-    when there are more than 256 classes, which uint8 would wrap)."""
+    when there are more than 256 classes, which uint8 would wrap). ``static``: the graph will only run at
+    the size it is traced at (the model's forward_static)."""
 
-    def __init__(self, model: SegmentationModel, argmax: bool = False) -> None:
+    def __init__(self, model: SegmentationModel, argmax: bool = False, static: bool = False) -> None:
         super().__init__()
-        self.model, self.argmax = model, argmax
+        self.model, self.argmax, self.static = model, argmax, static
         self.label_dtype = torch.uint8 if model.nc <= 256 else torch.int32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model(x)
+        y = self.model.forward_static(x) if self.static else self.model(x)
         return y.argmax(1).to(self.label_dtype) if self.argmax else y
 
 
@@ -111,7 +112,7 @@ def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], batch: 
 
     if has_dcn(model):
         _register_dcn(opset)
-    module = ExportModule(model, argmax).eval()
+    module = ExportModule(model, argmax, static=not dynamic).eval()
     x = torch.rand(batch, 3, *img_size)
     axes = {"images": {0: "batch", 2: "height", 3: "width"},
             "output": {0: "batch", 1 + (not argmax): "height", 2 + (not argmax): "width"}} if dynamic else None

@@ -342,3 +342,33 @@ def test_int8_can_leave_the_resizes_at_the_graphs_ends_in_fp32(tmp_path):
     quantize(fp32, tmp_path / "ends.onnx", calib, fp32_io_resizes=True)
     assert int8_resizes(tmp_path / "all.onnx") == resizes[1:]  # the first reads the fp32 input either way
     assert int8_resizes(tmp_path / "ends.onnx") == [resizes[1]]
+
+
+def test_static_graph_at_a_multiple_of_the_stride_has_no_pad_or_crop(setup, tmp_path):
+    """At a multiple of the stride the model's pad and crop are no-op copies that ONNX Runtime keeps; a static
+    export leaves them out (forward_static), a dynamic one must keep them (it runs at other sizes). Both give
+    the model's logits; forward_static is forward() bit for bit, and falls back to it at other sizes."""
+    _, _, weights = setup
+    model = export.load_model(weights, torch.device("cpu"))[0].eval()
+    meta = {"names": ["c0", "c1", "c2"], "nc": 3}
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.equal(model.forward_static(x), ref)
+        odd = torch.rand(1, 3, 40, 56)
+        assert torch.equal(model.forward_static(odd), model(odd))
+    counts = {}
+    for name, dynamic in (("static", False), ("dynamic", True)):
+        path = tmp_path / f"{name}.onnx"
+        export.export_onnx(model, path, (64, 96), 1, dynamic, 17, False, meta)
+        nodes = onnx.load(str(path)).graph.node
+        made = {o: n for n in nodes for o in n.output}
+
+        def from_resize(t):  # the logits' resize, or a Slice of it
+            n = made.get(t)
+            return n is not None and (n.op_type == "Resize" or n.op_type == "Slice" and from_resize(n.input[0]))
+
+        crops = sum(n.op_type == "Slice" and from_resize(n.input[0]) for n in nodes)
+        counts[name] = (sum(n.op_type == "Pad" for n in nodes), crops)
+        assert (OnnxBackend(path)(x) - ref).abs().max() <= 1e-4
+    assert counts == {"static": (0, 0), "dynamic": (1, 2)}
