@@ -9,7 +9,8 @@ ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset), 
 graphs quantized by our export path's own ``segment.int8.quantize`` (QDQ, per-channel int8 weights, uint8
 activations, calibrated on random images: speed does not depend on the values; the Resize nodes at either
 end of a timed graph, the image to the model's size and the logits to the image's, stay fp32, as the
-deployed paths run them outside the exported model). Each round runs every
+deployed paths run them outside the exported model); the INT8 run ends with our INT8 graphs' ratios against
+the peer in fp32 too, the precision its own tool exports by default. Each round runs every
 variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians, and
 each speed-up is the median over rounds of that round's ratio.
 
@@ -74,14 +75,17 @@ class ResizedLogits(nn.Module):
 
 class Rescaled(nn.Module):
     """Our model run at a smaller inference size: the image resized to ``size``, the logits back to the
-    image's size (what segment/inference.py does for a model trained at that --img-size)."""
+    image's size (what segment/inference.py does for a model trained at that --img-size). Traced for ORT at
+    one size, our model runs its forward_static, as in a static export by export.py; eager, its forward."""
 
     def __init__(self, net: nn.Module, size: tuple[int, int]) -> None:
         super().__init__()
         self.net, self.size = net, size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.net(F.interpolate(x, size=self.size, mode="bilinear", align_corners=False))
+        static = torch.jit.is_tracing() and hasattr(self.net, "forward_static")  # the peer has none
+        run = self.net.forward_static if static else self.net
+        y = run(F.interpolate(x, size=self.size, mode="bilinear", align_corners=False))
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -243,6 +247,11 @@ def main() -> None:
         q = statistics.quantiles(v, n=10, method="inclusive")
         ratios = " | ".join(f"{paired_ratio(r[backend], times[k]):.2f}x" for r in refs.values())
         print(f"| {model} | {size} | {backend} | {med[k]:.1f} | {q[0]:.1f}-{q[-1]:.1f} | {1e3 / med[k]:.1f} | {ratios} |")
+    if a.int8:  # the peer as its own tool runs it is fp32: our INT8 graphs against that too, paired by round
+        print("\nours in INT8 against the peer in fp32 (ORT), the median of per-round ratios:")
+        for k in (k for k in times if k.endswith(" ORT-int8") and not k.startswith("yolo26n-sem")):
+            print(f"- {k.rsplit(' ', 1)[0]}: " + ", ".join(f"{paired_ratio(r['ORT'], times[k]):.2f}x vs {n}"
+                                                         for n, r in refs.items()))
 
 
 if __name__ == "__main__":
