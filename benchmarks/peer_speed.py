@@ -7,9 +7,10 @@ bilinear resize; ours resizes inside the graph. Batch 1 by default, --threads in
 eager fp32 (each tool's own layout: ours channels-last as the engine runs it, Ultralytics NCHW) and
 ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset), and with --int8 also both
 graphs quantized by our export path's own ``segment.int8.quantize`` (QDQ, per-channel int8 weights, uint8
-activations, calibrated on random images: speed does not depend on the values; the Resize nodes at either
-end of a timed graph, the image to the model's size and the logits to the image's, stay fp32, as the
-deployed paths run them outside the exported model); the INT8 run ends with our INT8 graphs' ratios against
+activations, calibrated on random images: speed does not depend on the values; the resizes a timed graph
+wraps around a network, the peer's logits to the image and our @HxW rows' image to the model's size and
+logits back, stay fp32, as the deployed paths run them outside the exported model, while our plain rows'
+own final resize is quantized, as by export.py --int8); the INT8 run ends with our INT8 graphs' ratios against
 the peer in fp32 too, the precision its own tool exports by default. Each round runs every
 variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians, and
 each speed-up is the median over rounds of that round's ratio.
@@ -127,7 +128,7 @@ def add_plain(variants: dict[str, Callable[[], Any]], name: str, net: nn.Module,
     """``net`` on ``x`` as '<name> eager', and exported without metadata to ``path`` as the ORT rows."""
     variants[f"{name} eager"] = eager_call(net, x)
     export_plain(net, path, tuple(x.shape[-2:]), a.opset)
-    add_ort(variants, name, path, x.contiguous(), a.threads, a.int8)
+    add_ort(variants, name, path, x.contiguous(), a.threads, a.int8, fp32_ends=True)
 
 
 def build_peer(cfg: str) -> nn.Module:
@@ -156,14 +157,16 @@ def ort_call(path: Path, x: torch.Tensor, threads: int) -> Callable[[], Any]:
 
 
 def add_ort(variants: dict[str, Callable[[], Any]], name: str, path: Path, x: torch.Tensor, threads: int,
-            int8: bool) -> None:
-    """The fp32 graph at ``path`` as '<name> ORT', and with ``int8`` its quantized copy as '<name> ORT-int8'."""
+            int8: bool, fp32_ends: bool = False) -> None:
+    """The fp32 graph at ``path`` as '<name> ORT', and with ``int8`` its quantized copy as '<name> ORT-int8'.
+    ``fp32_ends``: the graph wraps resizes to and from the model's size (the peer's, our @HxW rows), which
+    stay fp32; our plain exports end in the model's own resize, quantized as export.py --int8 does."""
     variants[f"{name} ORT"] = ort_call(path, x, threads)
     if int8:
         g = torch.Generator().manual_seed(1)
         calib = [(torch.randint(0, 256, tuple(x.shape[1:]), dtype=torch.uint8, generator=g),) for _ in range(4)]
         q = path.with_name(path.stem + "-int8.onnx")
-        quantize(path, q, calib, fp32_io_resizes=True)
+        quantize(path, q, calib, fp32_io_resizes=fp32_ends)
         variants[f"{name} ORT-int8"] = ort_call(q, x, threads)
 
 
