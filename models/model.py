@@ -59,9 +59,9 @@ class SegmentationModel(nn.Module):
 
     def forward_static(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         """forward() for a graph traced at this one input size (a static ONNX export). At a multiple of the
-        stride the pad and the crop are no-ops, but a traced graph keeps them as copies that ONNX Runtime
-        does not remove (the two full-size crops: ~1.2 ms of a ~34 ms call at 288x384 on a busy minute): here they
-        are left out, which only a graph that never sees another size may do. Same values as forward()."""
+        stride the pad and the crop are no-ops, but a traced graph keeps them as full-size copies that ONNX
+        Runtime does not remove (BENCHMARKS.md, seventh session): here they are left out, which only a graph
+        that never sees another size may do. Same values as forward()."""
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
             return self.forward(x)
