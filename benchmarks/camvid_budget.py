@@ -205,6 +205,12 @@ def _commit(outputs: tuple[str, ...] = ()) -> str:
         return "unknown"
 
 
+def _test_cell(r: dict[str, Any]) -> str:
+    """Test mIoU in bold, with its 95% bootstrap interval over the test images when the row has one."""
+    iv = r.get("test_interval")
+    return f"**{100 * r['test_mIoU']:.1f}**" + (f" ({100 * iv[0]:.1f}-{100 * iv[1]:.1f})" if iv else "")
+
+
 def format_tables(rows: dict[str, dict[str, Any]]) -> str:
     """The Markdown between the markers: the budget and ablation table, the heads table, per-class test IoU."""
     if not rows:
@@ -215,23 +221,23 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
     heads = [r for r in ordered if r["group"] == "heads"]
     out: list[str] = []
     if runs:
-        out += ["| run | budget (min) | seed | test mIoU | val mIoU | epochs | train img/s | wall (min) | "
+        out += ["| run | budget (min) | seed | test mIoU (95% CI) | val mIoU | epochs | train img/s | wall (min) | "
                 "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date, CPU, commit |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in runs:
-            out.append(f"| {r['label']} | {r['minutes']:g} | {r['seed']} | **{100 * r['test_mIoU']:.1f}** | "
+            out.append(f"| {r['label']} | {r['minutes']:g} | {r['seed']} | {_test_cell(r)} | "
                        f"{100 * r['val_mIoU']:.1f} | {r['epochs']} | {r['img_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
                        f"{r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | {_stamp(r)} |")
     if heads:
         out += [""] if out else []
         out += ["Heads at one budget (benchmarks/camvid_heads.py: the recipe with only `--head` "
                 "changed; params and GFLOPs at 360x480):", "",
-                "| run | params (M) | GFLOPs | test mIoU | val mIoU | epochs | train img/s | PyTorch ms/img | "
+                "| run | params (M) | GFLOPs | test mIoU (95% CI) | val mIoU | epochs | train img/s | PyTorch ms/img | "
                 "ORT ms/img | peak RSS (GiB) | date, CPU, commit |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in heads:
             out.append(f"| {r['label']} | {r.get('params', float('nan')) / 1e6:.2f} | {r.get('gflops', float('nan')):.2f} | "
-                       f"**{100 * r['test_mIoU']:.1f}** | {100 * r['val_mIoU']:.1f} | {r['epochs']} | "
+                       f"{_test_cell(r)} | {100 * r['val_mIoU']:.1f} | {r['epochs']} | "
                        f"{r['img_per_s']:.1f} | {r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | "
                        f"{_stamp(r)} |")
     out += ["", "Test IoU per class (%):", "",
@@ -317,14 +323,16 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     run, wall, peak = train(a, extra, name)
     best = run / "weights" / "best.pt"
     # the checkpoint's own input size, the one val.py and predict.py use for it; the metrics are at 360x480
-    test = val.run(weights=best, data=a.data, split="test", project=str(run / "test"), name="exp", exist_ok=True)
+    test = val.run(weights=best, data=a.data, split="test", project=str(run / "test"), name="exp", exist_ok=True,
+                   bootstrap=1000)
     size = (int(test["img_size"][0]), int(test["img_size"][1]))
     row: dict[str, Any] = {
         "label": label, "group": a.group, "minutes": a.minutes, "seed": a.seed,
         "command": " ".join(["python", a.recipe, "--data", a.data, "--time", f"{a.minutes / 60:.6g}",
                              "--seed", str(a.seed), *extra]),
         "params": test["params"], "gflops": test["gflops"],
-        "test_mIoU": test["mIoU"], "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
+        "test_mIoU": test["mIoU"], "test_interval": [test["bootstrap"]["lo"], test["bootstrap"]["hi"]],
+        "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
         **training_figures(run), "wall_s": wall, "peak_rss_gib": peak,
         "infer_size": list(size), **latencies(best, a.threads, onnx=not a.no_onnx, size=size),
         "machine": machine(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": commit,

@@ -35,6 +35,7 @@ class EvalResult:
     num_images: int = 0
     speed_ms: dict[str, float] = field(default_factory=dict)
     examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    per_image: torch.Tensor | None = None  # (N, nc, nc) int32, in loader order, when asked for
 
 
 def _sync(device: torch.device) -> None:
@@ -45,12 +46,14 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module | Backend, loader: torch.utils.data.DataLoader, data: DataConfig, device: torch.device,
              loss_fn: nn.Module | None = None, amp: bool = False, keep_examples: int = 0,
-             desc: str = "val", progress: bool = True, infer: InferenceConfig | None = None) -> EvalResult:
+             desc: str = "val", progress: bool = True, infer: InferenceConfig | None = None,
+             per_image: bool = False) -> EvalResult:
     """Run ``model`` (a module or a backend) over ``loader`` and score it against the original-resolution masks.
 
     Predictions are those of the inference path with ``infer`` (default: whole image): scores are
     resized from the evaluation size back to each mask's own size before the argmax. The loss is
-    computed from plain logits only (not for TTA, whose scores are probabilities).
+    computed from plain logits only (not for TTA, whose scores are probabilities). ``per_image`` also
+    keeps each image's confusion matrix (for bootstrap intervals; this process's images only).
     """
     cfg = infer or InferenceConfig()
     was_training = model.training if isinstance(model, nn.Module) else False
@@ -59,6 +62,7 @@ def evaluate(model: nn.Module | Backend, loader: torch.utils.data.DataLoader, da
     t_pre = t_inf = t_post = 0.0
     loss_sum, loss_n, n_img = 0.0, 0, 0
     examples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    kept: list[torch.Tensor] = []
     for images, masks, _ in tqdm(loader, desc=desc, leave=False, disable=not progress, file=sys.stdout):
         t0 = time.perf_counter()
         x = preprocess(images, device)
@@ -71,7 +75,9 @@ def evaluate(model: nn.Module | Backend, loader: torch.utils.data.DataLoader, da
             target = target.to(device, non_blocking=True)
             scores = combine(members, i, target.shape[-2:], probs=cfg.tta)[None]
             pred = scores.argmax(1)[0]
-            cm.update(pred, target)
+            m = cm.update(pred, target)
+            if per_image:
+                kept.append(m.to("cpu", torch.int32))
             if loss_fn is not None and not cfg.tta:
                 loss_sum += float(loss_fn(scores, target[None])[0])
                 loss_n += 1
@@ -89,7 +95,8 @@ def evaluate(model: nn.Module | Backend, loader: torch.utils.data.DataLoader, da
         model.train(was_training)
     per = 1000.0 / max(n_img, 1)
     return EvalResult(cm.compute(data.names), cm.mat.cpu(), loss_sum / loss_n if loss_n else float("nan"), n_img,
-                      {"pre": t_pre * per, "inference": t_inf * per, "post": t_post * per}, examples)
+                      {"pre": t_pre * per, "inference": t_inf * per, "post": t_post * per}, examples,
+                      torch.stack(kept) if per_image and kept else None)
 
 
 def eval_loader(data: DataConfig, split: str, img_size: tuple[int, int] | None, batch_size: int, workers: int,

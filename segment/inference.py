@@ -77,15 +77,16 @@ def as_backend(model: nn.Module | Backend, amp: bool = False) -> Backend:
 
 
 def load_backend(weights: str | os.PathLike, device: torch.device, names: Sequence[str] | None = None,
-                 amp: bool = False, **kwargs: Any) -> Backend:
+                 amp: bool = False, flag: str = "--weights", **kwargs: Any) -> Backend:
     """Backend for a ``.pt`` checkpoint (PyTorch) or an ``.onnx`` export (ONNX Runtime).
 
-    ``names`` (e.g. from --data) stands in for an ONNX file's missing class names.
+    ``names`` (e.g. from --data) stands in for an ONNX file's missing class names; ``flag`` is the
+    command-line flag that named the file, for the error messages.
     """
     path = Path(weights)
     suffix = path.suffix.lower()
     if suffix not in (".pt", ".pth") and not path.is_file():  # the checkpoint loader words its own
-        raise UserError(f"--weights {weights}: file not found")
+        raise UserError(f"{flag} {weights}: file not found")
     if suffix in (".pt", ".pth"):
         from models.model import describe
 
@@ -103,9 +104,9 @@ def load_backend(weights: str | os.PathLike, device: torch.device, names: Sequen
             missing = e.name or "onnx_backend"
             what = ("this checkout has no ONNX backend (segment/onnx_backend.py)" if "onnx_backend" in missing
                     else f"the Python package '{missing}' is not installed (pip install -r requirements.txt)")
-            raise UserError(f"--weights {weights}: cannot run .onnx models: {what}") from None
+            raise UserError(f"{flag} {weights}: cannot run .onnx models: {what}") from None
         return OnnxBackend(str(path), device, names=list(names) if names else None, **kwargs)
-    raise UserError(f"--weights {weights}: use a .pt checkpoint from train.py or an .onnx file from export.py")
+    raise UserError(f"{flag} {weights}: use a .pt checkpoint from train.py or an .onnx file from export.py")
 
 
 @dataclass(frozen=True)

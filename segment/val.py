@@ -4,6 +4,8 @@ Usage:
     python segment/val.py --weights runs/train/exp/weights/best.pt --data data/shapes.yaml
     python segment/val.py --weights best.pt --data data/camvid.yaml --split test --img-size 360 480
     python segment/val.py --weights best.pt --tta --slide 256 256
+    python segment/val.py --weights best.pt --bootstrap 1000        # + a 95% interval for mIoU
+    python segment/val.py --weights a.pt --compare b.pt             # is a better than b on these images?
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from segment.inference import TorchBackend, check_backend_config, inference_conf
 from utils.dataconfig import load_data_config
 from utils.errors import UserError
 from utils.files import atomic_write_text, run_dir
-from utils.metrics import format_metrics_table
+from utils.metrics import bootstrap_miou, format_metrics_table, paired_bootstrap_miou
 from utils.plots import plot_confusion
 from utils.torch_utils import count_params, gflops, select_device
 
@@ -59,6 +61,30 @@ def summarise(res: EvalResult) -> dict[str, Any]:
     return out
 
 
+def report_interval(res: EvalResult, resamples: int) -> dict[str, Any]:
+    """Print and return the bootstrap interval of ``res``'s mIoU (its per-image matrices resampled)."""
+    assert res.per_image is not None
+    b = bootstrap_miou(res.per_image, resamples)
+    print(f"mIoU {b['mIoU']:.4f}, {b['level']:.0%} bootstrap interval {b['lo']:.4f}-{b['hi']:.4f} "
+          f"({resamples} resamples of the {b['images']} images)")
+    return b
+
+
+def report_comparison(mine: EvalResult, theirs: EvalResult, resamples: int, weights: str, model: str | None,
+                      size: tuple[int, int], which: str) -> dict[str, Any]:
+    """Print and return --weights minus --compare on the same images, with a paired bootstrap interval."""
+    assert mine.per_image is not None and theirs.per_image is not None
+    if mine.num_images != theirs.num_images:  # same split, same check: only a changed dataset could do this
+        raise UserError(f"--compare {weights}: scored {theirs.num_images} images against {mine.num_images}; "
+                        "the dataset changed during the run")
+    c = paired_bootstrap_miou(mine.per_image, theirs.per_image, resamples)
+    print(f"--compare {weights} ({model or 'model'} at {size[0]}x{size[1]}, {which}): mIoU {c['mIoU_b']:.4f}\n"
+          f"difference {c['mIoU_a']:.4f} - {c['mIoU_b']:.4f} = {c['diff']:+.4f}, {c['level']:.0%} paired bootstrap "
+          f"interval {c['lo']:+.4f} to {c['hi']:+.4f}; --weights ahead in {c['a_ahead']:.1%} of {resamples} "
+          f"resamples of the {c['images']} images")
+    return {"weights": str(weights), "model": model, "img_size": list(size), "pass": which, **c}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Validate a segmentation checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -70,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", default="runs/val")
     p.add_argument("--name", default="exp")
     p.add_argument("--half", action="store_true", help="fp16 autocast on CUDA")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="resample the images N times for a 95%% interval of mIoU (0: off; 1000 is plenty)")
+    p.add_argument("--compare", default=None, metavar="WEIGHTS",
+                   help="also score this .pt/.onnx on the same images: the mIoU difference with a paired "
+                        "bootstrap interval (--bootstrap N resamples, 1000 if not given)")
+    p.add_argument("--compare-img-size", type=int, nargs="+", default=None, metavar="H",
+                   help="H [W] for --compare (default: its own size); --weights and --compare may be one file")
     add_inference_flags(p)
     add_common_flags(p)
     return p
@@ -85,6 +118,10 @@ def run(**kwargs: Any) -> dict[str, Any]:
     from segment.config import check_numeric
 
     check_numeric(args)  # --batch-size, --workers, --img-size: one line before anything runs
+    if not isinstance(args.bootstrap, int) or args.bootstrap < 0:
+        raise UserError(f"--bootstrap {args.bootstrap!r}: give a number of resamples (1000 is plenty) or 0 for none")
+    if args.compare_img_size is not None and not args.compare:
+        raise UserError("--compare-img-size: only with --compare WEIGHTS (the model to score beside --weights)")
     device = select_device(args.device)
     infer = inference_config(args.slide, args.overlap, args.slide_scale, args.tta, args.tta_scales, args.no_flip,
                              args.batch_size)
@@ -101,25 +138,49 @@ def run(**kwargs: Any) -> dict[str, Any]:
     fixed = tuple(backend.fixed_size) if backend.fixed_size else None
     img_size = parse_img_size(args.img_size or meta.get("img_size") or fixed)
     check_backend_config(backend, infer, img_size)
+    other, other_size = None, None
+    if args.compare:
+        other = load_backend(args.compare, device, names=data.names, amp=args.half, flag="--compare")
+        if other.meta["nc"] != data.nc:
+            raise UserError(f"--compare {args.compare}: model has {other.meta['nc']} classes but {data.yaml_file} "
+                            f"has {data.nc}")
+        fixed_other = tuple(other.fixed_size) if other.fixed_size else None
+        other_size = parse_img_size(args.compare_img_size or other.meta.get("img_size") or fixed_other)
+        check_backend_config(other, infer, other_size)
+    resamples = args.bootstrap or (1000 if other is not None else 0)
     if infer.slide:  # native resolution: images of different sizes cannot share a batch
         loader = eval_loader(data, args.split, None, 1, args.workers, args.skip_bad)
     else:
         loader = eval_loader(data, args.split, img_size, args.batch_size, args.workers, args.skip_bad)
+    other_loader = loader
+    if other is not None and not infer.slide and other_size != img_size:
+        other_loader = eval_loader(data, args.split, other_size, args.batch_size, args.workers, args.skip_bad)
     save_dir = run_dir(args.project, args.name, args.exist_ok)  # after the data check: a bad split writes nothing
     single = replace(infer, tta=False)
-    res = evaluate(backend, loader, data, device, desc=f"{args.split}", infer=single)
+    res = evaluate(backend, loader, data, device, desc=f"{args.split}", infer=single, per_image=resamples > 0)
     print(format_metrics_table(res.metrics))
     out = summarise(res)
+    if resamples:
+        out["bootstrap"] = report_interval(res, resamples)
     tta_res = None
     if infer.tta:
-        tta_res = evaluate(backend, loader, data, device, desc=f"{args.split} TTA", infer=infer)
+        tta_res = evaluate(backend, loader, data, device, desc=f"{args.split} TTA", infer=infer,
+                           per_image=resamples > 0)
         print(f"TTA ({infer.describe()}):")
         print(format_metrics_table(tta_res.metrics))
         out["tta"] = summarise(tta_res)
+        if resamples:
+            out["tta"]["bootstrap"] = report_interval(tta_res, resamples)
         out["tta"]["settings"] = {"scales": list(infer.scales), "flip": infer.flip}
         out["tta"]["speed_ms"] = tta_res.speed_ms
         print(f"mIoU: single-scale {res.metrics['mIoU']:.4f} | TTA {tta_res.metrics['mIoU']:.4f} "
               f"({tta_res.metrics['mIoU'] - res.metrics['mIoU']:+.4f})")
+    if other is not None and other_size is not None:
+        final, final_cfg = (tta_res, infer) if tta_res is not None else (res, single)
+        res_other = evaluate(other, other_loader, data, device, desc=f"{args.split} --compare", infer=final_cfg,
+                             per_image=True)
+        out["compare"] = report_comparison(final, res_other, resamples, args.compare, other.meta.get("model"),
+                                           other_size, "TTA" if tta_res is not None else "single-scale")
     model = backend.model if isinstance(backend, TorchBackend) else None
     out.update(num_images=res.num_images, img_size=list(img_size), inference=infer.describe(),
                params=count_params(model) if model is not None else None,

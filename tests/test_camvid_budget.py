@@ -39,6 +39,9 @@ def test_merge_keeps_other_rows_and_the_text_around(tmp_path):
     assert lines[0].startswith("| 15 min, seed 0 | 15 | 0 | **45.0** | 60.0 | 12 | 9.5 | 15.0 | 14.0 | - | 1.50 | 2026-12-02, m, ? |")
     assert lines[1].startswith("| 60 min, seed 0 | 60 | 0 | **56.3** |")
     assert "| 15 min, seed 0 | 90.0 | 12.5 |" in table and len(json.loads(store.read_text())) == 2
+    # a row scored with a bootstrap interval over the test images shows it beside the mIoU (older rows have none)
+    camvid_budget.merge(store, out, {**_row("30 min, seed 0", 30, 0.5004), "test_interval": [0.48123, 0.5187]})
+    assert "| 30 min, seed 0 | 30 | 0 | **50.0** (48.1-51.9) | 60.0 |" in out.read_text()
 
 
 def test_retime_replaces_only_the_latency_columns_of_a_stored_row(tmp_path, monkeypatch):
@@ -118,6 +121,7 @@ def test_recipe_runs_under_a_tiny_budget_and_the_script_writes_its_row(tmp_path,
     row = json.loads(store.read_text())["0.25 min, seed 0"]
     assert "Time budget of 0.00416667 h reached" in r.stdout  # the recipe's 60-minute default was overridden
     assert row["epochs"] >= 1 and 0.0 < row["test_mIoU"] < 1.0 and list(row["per_class"])[-1] == "Bicyclist"
+    assert row["test_interval"][0] <= row["test_mIoU"] <= row["test_interval"][1]  # over the 16 test images
     assert row["wall_s"] < 15 + 60 and row["peak_rss_gib"] > 0.1 and row["torch_ms"] > 0
     assert "--crop 64 96" in row["command"] and (tmp_path / "p.jpg").stat().st_size > 1000
     assert row["infer_size"] == [96, 128]  # test scored and timed at the checkpoint's input size
