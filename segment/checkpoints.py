@@ -169,7 +169,7 @@ def find_resume_checkpoint(resume: str | bool, project: str | os.PathLike, name:
 def _same(key: str, new: Any, old: Any) -> bool:
     if isinstance(new, tuple):
         new = list(new)
-    if key == "img_size" and isinstance(new, list) and len(new) == 1:
+    if key in ("img_size", "val_size") and isinstance(new, list) and len(new) == 1:
         new = [new[0], new[0]]
     if key == "data" and new != old:
         try:  # the same file given by another path

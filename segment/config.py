@@ -91,6 +91,10 @@ def check_numeric(args: argparse.Namespace) -> None:
         if len(sr) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sr) \
                 or sr[0] > sr[1]:
             raise UserError(f"--scale-range {' '.join(map(str, sr))}: give LO HI with 0 < LO <= HI (e.g. 0.5 2.0)")
+    if getattr(args, "val_size", None) is not None:  # train.py: None means --img-size
+        from segment.common import parse_img_size
+
+        parse_img_size(args.val_size, flag="--val-size")
     if getattr(args, "img_size", None) is not None:  # val.py: None means the checkpoint's size
         from segment.common import parse_img_size
 

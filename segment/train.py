@@ -32,6 +32,10 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--img-size", type=int, nargs="+", default=[640], help="training size: H [W]")
     g.add_argument("--crop", type=int, nargs="+", default=None,
                    help="training crop H [W] taken after resize to --img-size and random scale (default: --img-size)")
+    g.add_argument("--val-size", type=int, nargs="+", default=None,
+                   help="input size H [W] for validation, the choice of best.pt and the checkpoint's default for "
+                        "val/predict/export (default: --img-size); a model trained on native-scale crops can score "
+                        "higher on a smaller input, and runs faster there")
     g.add_argument("--cache", default="auto", choices=["auto", "ram", "none"],
                    help="keep decoded images in RAM: auto (when train+val decode to <= 1 GiB and a quarter of free memory), ram, none")
     g.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0], help="random scale range (train)")
@@ -119,6 +123,8 @@ def run(preset: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         setattr(args, k, v)
     if isinstance(args.img_size, int):
         args.img_size = [args.img_size]
+    if isinstance(getattr(args, "val_size", None), int):
+        args.val_size = [args.val_size]
     return Trainer(args, explicit=set(kwargs), start_time=start).train()
 
 

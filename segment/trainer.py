@@ -125,6 +125,10 @@ class Trainer:
             check_same_dataset(self.resume_ckpt, self.data_identity, a.resume)
         self.img_size = parse_img_size(a.img_size)
         a.img_size = list(self.img_size)
+        # what validation, best.pt and the checkpoint's inference default use (None: the training size)
+        self.val_size = parse_img_size(a.val_size, "--val-size") if getattr(a, "val_size", None) else self.img_size
+        if getattr(a, "val_size", None):
+            a.val_size = list(self.val_size)
         # the model (and the weights it starts from) is built before the run folder: a bad head option or
         # a checkpoint that does not fit is refused with nothing written
         self.model_cfg = model_config(self.data.nc, a.backbone, a.head, a.cfg, a.scale, aux=a.aux_weight > 0,
@@ -140,6 +144,9 @@ class Trainer:
 
         crop = parse_crop(a.crop, self.img_size)
         a.crop = list(crop) if crop is not None else None
+        if self.val_size != self.img_size:
+            self.log(f"Validation and best.pt at {self.val_size[0]}x{self.val_size[1]} (--val-size), training images "
+                     f"resized to {self.img_size[0]}x{self.img_size[1]}")
         aug = AugmentConfig(a.scale_range[0], a.scale_range[1], a.fliplr, a.color_jitter, crop)
         spec = self.data.mask_spec
         cache_train, cache_val, note = cache_plan(a.cache, decoded_bytes(reports["train"], spec),
@@ -152,7 +159,7 @@ class Trainer:
                                          rank=self.rank, world_size=self.world_size, pin_memory=self.device.type == "cuda")
         if len(self.train_loader) == 0:
             raise UserError(f"--batch-size {a.batch_size} is larger than this rank's {len(self.train_loader.sampler)} training images")
-        self.val_loader = eval_loader(self.data, "val", self.img_size, a.batch_size, a.workers, a.skip_bad,
+        self.val_loader = eval_loader(self.data, "val", self.val_size, a.batch_size, a.workers, a.skip_bad,
                                       cache="ram" if cache_val else None, log=lambda *_: None, rank=self.rank,
                                       world_size=self.world_size)
         cached = self.train_ds.cache_bytes() + self.val_loader.dataset.cache_bytes()
@@ -539,7 +546,7 @@ class Trainer:
         self.state.elapsed = self._elapsed()
         train = {"model": raw, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
-        return build_checkpoint(self.data, self.args, self.model_cfg, self.img_size, self.data_identity, infer,
+        return build_checkpoint(self.data, self.args, self.model_cfg, self.val_size, self.data_identity, infer,
                                 train, self.state, epoch, metrics)
 
     def _elapsed(self) -> float:

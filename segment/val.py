@@ -122,6 +122,8 @@ def run(**kwargs: Any) -> dict[str, Any]:
         raise UserError(f"--bootstrap {args.bootstrap!r}: give a number of resamples (1000 is plenty) or 0 for none")
     if args.compare_img_size is not None and not args.compare:
         raise UserError("--compare-img-size: only with --compare WEIGHTS (the model to score beside --weights)")
+    if args.compare_img_size is not None:
+        parse_img_size(args.compare_img_size, "--compare-img-size")
     device = select_device(args.device)
     infer = inference_config(args.slide, args.overlap, args.slide_scale, args.tta, args.tta_scales, args.no_flip,
                              args.batch_size)

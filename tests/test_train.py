@@ -11,6 +11,7 @@ import torch
 
 from segment import train, val
 from tests.conftest import CAMVID
+from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="mobilenet_v3_small", batch_size=4, workers=0, device="cpu", seed=0)
@@ -92,6 +93,31 @@ def test_odd_size_train_and_val(tiny_data, tmp_path):
     best = Path(s["save_dir"]) / "weights" / "best.pt"
     out = val.run(weights=str(best), project=str(tmp_path), name="v", workers=0)  # data and size from the checkpoint
     assert out["img_size"] == [97, 131] and out["num_images"] == 4
+
+
+def test_val_size_validates_and_records_a_size_of_its_own(tiny_data, tmp_path, capsys):
+    """--val-size: training at 48x64, validation (hence best.pt) at 32x40, which val.py then uses by default.
+    The run starts from a model whose argmax varies from pixel to pixel and barely moves it (lr 1e-9), so
+    the two input sizes give different mIoUs and the logged figure can tell which size validated."""
+    from tests.test_predict import make_checkpoint
+
+    varied = make_checkpoint(tmp_path / "varied.pt", tiny_data, img_size=(48, 64))
+    s = train.run(data=str(tiny_data), img_size=[48, 64], val_size=[32, 40], epochs=1, project=str(tmp_path),
+                  name="vs", head="segment", weights=str(varied), lr0=1e-9, **TINY)
+    assert "Validation and best.pt at 32x40 (--val-size), training images resized to 48x64" in capsys.readouterr().out
+    best = Path(s["save_dir"]) / "weights" / "best.pt"
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["img_size"] == [32, 40] and ckpt["args"]["img_size"] == [48, 64] and ckpt["args"]["val_size"] == [32, 40]
+    out = val.run(weights=str(best), project=str(tmp_path), name="v", workers=0, batch_size=4)
+    assert out["img_size"] == [32, 40] and out["mIoU"] == pytest.approx(s["best_fitness"], abs=1e-6)
+    at_train_size = val.run(weights=str(best), project=str(tmp_path), name="v48", workers=0, batch_size=4,
+                            img_size=[48, 64])
+    assert abs(at_train_size["mIoU"] - out["mIoU"]) > 1e-3  # so the equality above can tell the sizes apart
+    for bad in ([4], [32, 40, 8]):
+        with pytest.raises(UserError, match="--val-size"):
+            train.run(data=str(tiny_data), img_size=[48, 64], val_size=bad, epochs=1, project=str(tmp_path / "no"),
+                      **TINY)
+    assert not (tmp_path / "no").exists()
 
 
 def test_weights_path_transfers_matching_tensors(trained, tiny_data, tmp_path, capsys):
