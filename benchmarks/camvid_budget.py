@@ -208,7 +208,8 @@ def _commit(outputs: tuple[str, ...] = ()) -> str:
 def _test_cell(r: dict[str, Any]) -> str:
     """Test mIoU in bold, with its 95% bootstrap interval over the test images when the row has one."""
     iv = r.get("test_interval")
-    return f"**{100 * r['test_mIoU']:.1f}**" + (f" ({100 * iv[0]:.1f}-{100 * iv[1]:.1f})" if iv else "")
+    shown = iv is not None and all(isinstance(v, (int, float)) for v in iv)  # null: the draws had no mIoU
+    return f"**{100 * r['test_mIoU']:.1f}**" + (f" ({100 * iv[0]:.1f}-{100 * iv[1]:.1f})" if shown else "")
 
 
 def format_tables(rows: dict[str, dict[str, Any]]) -> str:
@@ -322,7 +323,8 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     commit = _commit((a.out, a.store))  # before training: commits made while it runs are not the code that trained
     run, wall, peak = train(a, extra, name)
     best = run / "weights" / "best.pt"
-    # the checkpoint's own input size, the one val.py and predict.py use for it; the metrics are at 360x480
+    # the checkpoint's own input size (--val-size if the run set one), the one val.py and predict.py use for
+    # it; the metrics are at each mask's own size (CamVid: 360x480)
     test = val.run(weights=best, data=a.data, split="test", project=str(run / "test"), name="exp", exist_ok=True,
                    bootstrap=1000)
     size = (int(test["img_size"][0]), int(test["img_size"][1]))

@@ -192,6 +192,9 @@ def resume_args(ckpt: dict[str, Any], path: Path, cli: argparse.Namespace, expli
     saved = dict(ckpt["args"])
     diffs = [f"--{k.replace('_', '-')} {getattr(cli, k)!r} (checkpoint: {saved[k]!r})"
              for k in sorted(explicit - RUNTIME_FLAGS) if k in saved and not _same(k, getattr(cli, k), saved[k])]
+    # a flag newer than the checkpoint: the run trained without it, so setting it now would change it mid-run
+    diffs += [f"--{k.replace('_', '-')} {getattr(cli, k)!r} (the checkpoint predates this flag)"
+              for k in sorted(explicit - RUNTIME_FLAGS) if k not in saved and hasattr(cli, k)]
     if diffs:
         raise UserError(f"--resume {path}: refused, these flags differ from the run being resumed: "
                         + "; ".join(diffs) + ". Resume without them, or start a new run with --weights")

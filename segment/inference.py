@@ -165,9 +165,11 @@ def inference_config(slide: Sequence[int] | None = None, overlap: float = 1 / 3,
     return InferenceConfig(win, float(overlap), float(slide_scale), int(batch_size), bool(tta), sc, not no_flip)
 
 
-def check_backend_config(backend: Backend, cfg: InferenceConfig, img_size: tuple[int, int] | None) -> None:
+def check_backend_config(backend: Backend, cfg: InferenceConfig, img_size: tuple[int, int] | None,
+                         flag: str = "--img-size") -> None:
     """Refuse combinations a graph cannot run, before anything is written: blending on an --argmax export
-    (it has no logits, so slide/TTA would average class votes) and other sizes on a static one."""
+    (it has no logits, so slide/TTA would average class votes) and other sizes on a static one (``flag``
+    names the size in the message)."""
     if getattr(backend, "outputs_labels", False) and (cfg.slide is not None or cfg.tta):
         what = "--slide" if cfg.slide is not None else "--tta"
         raise UserError(f"{what}: this ONNX graph was exported with --argmax and returns class ids, not logits, "
@@ -178,7 +180,7 @@ def check_backend_config(backend: Backend, cfg: InferenceConfig, img_size: tuple
     fixed = tuple(fixed)
     how = "export with --dynamic to run other sizes"
     if cfg.slide is None and img_size is not None and tuple(img_size) != fixed:
-        raise UserError(f"--img-size {img_size[0]} {img_size[1]}: the model only runs at {fixed[0]}x{fixed[1]}; {how}")
+        raise UserError(f"{flag} {img_size[0]} {img_size[1]}: the model only runs at {fixed[0]}x{fixed[1]}; {how}")
     if cfg.slide is not None and tuple(cfg.slide) != fixed:
         raise UserError(f"--slide {cfg.slide[0]} {cfg.slide[1]}: the model only runs at {fixed[0]}x{fixed[1]}, "
                         f"so the window must be that size; {how}")

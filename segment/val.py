@@ -63,7 +63,8 @@ def summarise(res: EvalResult) -> dict[str, Any]:
 
 def report_interval(res: EvalResult, resamples: int) -> dict[str, Any]:
     """Print and return the bootstrap interval of ``res``'s mIoU (its per-image matrices resampled)."""
-    assert res.per_image is not None
+    if res.per_image is None:
+        raise RuntimeError("report_interval needs evaluate(..., per_image=True)")
     b = bootstrap_miou(res.per_image, resamples)
     print(f"mIoU {b['mIoU']:.4f}, {b['level']:.0%} bootstrap interval {b['lo']:.4f}-{b['hi']:.4f} "
           f"({resamples} resamples of the {b['images']} images)")
@@ -73,7 +74,8 @@ def report_interval(res: EvalResult, resamples: int) -> dict[str, Any]:
 def report_comparison(mine: EvalResult, theirs: EvalResult, resamples: int, weights: str, model: str | None,
                       size: tuple[int, int], which: str) -> dict[str, Any]:
     """Print and return --weights minus --compare on the same images, with a paired bootstrap interval."""
-    assert mine.per_image is not None and theirs.per_image is not None
+    if mine.per_image is None or theirs.per_image is None:
+        raise RuntimeError("report_comparison needs evaluate(..., per_image=True) for both models")
     if mine.num_images != theirs.num_images:  # same split, same check: only a changed dataset could do this
         raise UserError(f"--compare {weights}: scored {theirs.num_images} images against {mine.num_images}; "
                         "the dataset changed during the run")
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", default=None, metavar="WEIGHTS",
                    help="also score this .pt/.onnx on the same images: the mIoU difference with a paired "
                         "bootstrap interval (--bootstrap N resamples, 1000 if not given)")
-    p.add_argument("--compare-img-size", type=int, nargs="+", default=None, metavar="H",
+    p.add_argument("--compare-img-size", type=int, nargs="+", default=None, metavar="SIZE",
                    help="H [W] for --compare (default: its own size); --weights and --compare may be one file")
     add_inference_flags(p)
     add_common_flags(p)
@@ -118,12 +120,15 @@ def run(**kwargs: Any) -> dict[str, Any]:
     from segment.config import check_numeric
 
     check_numeric(args)  # --batch-size, --workers, --img-size: one line before anything runs
-    if not isinstance(args.bootstrap, int) or args.bootstrap < 0:
+    if isinstance(args.bootstrap, bool) or not isinstance(args.bootstrap, int) or args.bootstrap < 0:
         raise UserError(f"--bootstrap {args.bootstrap!r}: give a number of resamples (1000 is plenty) or 0 for none")
     if args.compare_img_size is not None and not args.compare:
         raise UserError("--compare-img-size: only with --compare WEIGHTS (the model to score beside --weights)")
     if args.compare_img_size is not None:
         parse_img_size(args.compare_img_size, "--compare-img-size")
+        if args.slide:  # sliding windows run at native resolution for both models: no input size to set
+            raise UserError("--compare-img-size: not with --slide, which runs both models on native-resolution "
+                            "windows; leave it out to compare the two models on the same windows")
     device = select_device(args.device)
     infer = inference_config(args.slide, args.overlap, args.slide_scale, args.tta, args.tta_scales, args.no_flip,
                              args.batch_size)
@@ -148,7 +153,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
                             f"has {data.nc}")
         fixed_other = tuple(other.fixed_size) if other.fixed_size else None
         other_size = parse_img_size(args.compare_img_size or other.meta.get("img_size") or fixed_other)
-        check_backend_config(other, infer, other_size)
+        check_backend_config(other, infer, other_size, flag="--compare-img-size")
     resamples = args.bootstrap or (1000 if other is not None else 0)
     if infer.slide:  # native resolution: images of different sizes cannot share a batch
         loader = eval_loader(data, args.split, None, 1, args.workers, args.skip_bad)

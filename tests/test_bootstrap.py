@@ -45,6 +45,13 @@ def test_a_class_absent_from_a_draw_leaves_its_mean():
     assert vals.max() == pytest.approx(1.0)  # the draw of two only0 images: class 0 alone, perfect
 
 
+def test_a_draw_of_only_fully_ignored_images_is_left_out():
+    empty = torch.zeros(2, 2, dtype=torch.int64)  # every pixel ignored: no class, no mIoU
+    b = bootstrap_miou(torch.stack([A, empty]), resamples=400)
+    # draws: {A, A} and {A, empty} score A's 0.775; {empty, empty} has no mIoU and must not void the interval
+    assert b["lo"] == pytest.approx(MIOU_A) and b["hi"] == pytest.approx(MIOU_A)
+
+
 def test_paired_difference_of_a_model_with_itself_is_exactly_zero_and_a_uniform_lead_is_certain():
     imgs = torch.stack([A, B, A + B])
     same = paired_bootstrap_miou(imgs, imgs.clone(), resamples=500)
@@ -123,6 +130,7 @@ def test_refusals_name_the_flag_and_write_nothing(setup, tmp_path):
         (["--compare", str(b2)], "--compare .*two.pt: model has 2 classes but .* has 3"),
         (["--compare-img-size", "32"], "--compare-img-size: only with --compare"),
         (["--bootstrap", "-1"], "--bootstrap -1"),
+        (["--compare", str(a), "--compare-img-size", "32", "--slide", "32"], "--compare-img-size: not with --slide"),
     ]
     for extra, message in cases:
         with pytest.raises(UserError, match=message):
@@ -133,4 +141,4 @@ def test_refusals_name_the_flag_and_write_nothing(setup, tmp_path):
 def _kwargs(argv: list[str]) -> dict:
     """['--compare-img-size', '32'] -> {'compare_img_size': [32]}, the way the parser would type them."""
     args = val.build_parser().parse_args(["--weights", "x"] + argv)
-    return {k: getattr(args, k) for k in ("compare", "compare_img_size", "bootstrap")}
+    return {k: getattr(args, k) for k in ("compare", "compare_img_size", "bootstrap", "slide")}

@@ -120,6 +120,20 @@ def test_val_size_validates_and_records_a_size_of_its_own(tiny_data, tmp_path, c
     assert not (tmp_path / "no").exists()
 
 
+def test_resume_refuses_a_flag_that_the_checkpoint_predates(tmp_path):
+    """A run saved before --val-size existed validated at its training size: --resume --val-size would change
+    that mid-run (best.pt would compare mIoUs from two sizes), so it is refused like any changed flag."""
+    from segment.checkpoints import resume_args
+
+    parser = train.build_parser()
+    argv = ["--resume", "last.pt", "--val-size", "32", "40"]
+    cli = parser.parse_args(argv)
+    saved = {k: v for k, v in vars(parser.parse_args([])).items() if k != "val_size"}  # an older run's args
+    ckpt = {"train": {}, "args": saved, "nc": 3, "names": ["c0", "c1", "c2"]}
+    with pytest.raises(UserError, match=r"--val-size \[32, 40\] \(the checkpoint predates this flag\)"):
+        resume_args(ckpt, tmp_path / "last.pt", cli, train.explicit_flags(parser, argv))
+
+
 def test_weights_path_transfers_matching_tensors(trained, tiny_data, tmp_path, capsys):
     _, run, _ = trained
     train.run(data=str(tiny_data), img_size=[32, 32], epochs=1, project=str(tmp_path), name="ft",

@@ -107,8 +107,9 @@ def _resampled_mious(per_image: Sequence[torch.Tensor], resamples: int, seed: in
 
 
 def _bounds(values: torch.Tensor, level: float) -> tuple[float, float]:
+    # a draw of only fully ignored images has no mIoU (NaN): it is left out, not allowed to void the interval
     tail = (1.0 - level) / 2
-    q = torch.quantile(values, torch.tensor([tail, 1.0 - tail], dtype=values.dtype))
+    q = torch.nanquantile(values, torch.tensor([tail, 1.0 - tail], dtype=values.dtype))
     return float(q[0]), float(q[1])
 
 
