@@ -40,6 +40,7 @@ NUMERIC_FLAGS: dict[str, _Check] = {
     "val_period": _int_at_least(1),
     "nan_patience": _int_at_least(1),
     "tb_images": _int_at_least(0),
+    "bootstrap": _int_at_least(0),  # val.py: resamples, 0 = off
     "lr0": _num(0, lo_open=True),
     "lrf": _num(0, 1, lo_open=True),
     "momentum": _num(0, 1, hi_open=True),
@@ -91,13 +92,12 @@ def check_numeric(args: argparse.Namespace) -> None:
         if len(sr) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in sr) \
                 or sr[0] > sr[1]:
             raise UserError(f"--scale-range {' '.join(map(str, sr))}: give LO HI with 0 < LO <= HI (e.g. 0.5 2.0)")
-    if getattr(args, "val_size", None) is not None:  # train.py: None means --img-size
-        from segment.common import parse_img_size
+    from segment.common import parse_img_size
 
-        parse_img_size(args.val_size, flag="--val-size")
+    for dest in ("val_size", "compare_img_size"):  # None: --img-size (train.py), the model's own (val.py)
+        if getattr(args, dest, None) is not None:
+            parse_img_size(getattr(args, dest), flag=_flag(dest))
     if getattr(args, "img_size", None) is not None:  # val.py: None means the checkpoint's size
-        from segment.common import parse_img_size
-
         size = parse_img_size(args.img_size)
         if getattr(args, "crop", None) is not None:
             from segment.common import parse_crop

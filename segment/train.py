@@ -121,10 +121,9 @@ def run(preset: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         if not hasattr(args, k):
             raise TypeError(f"train.run() got an unknown argument '{k}'")
         setattr(args, k, v)
-    if isinstance(args.img_size, int):
-        args.img_size = [args.img_size]
-    if isinstance(getattr(args, "val_size", None), int):
-        args.val_size = [args.val_size]
+    for k in ("img_size", "val_size"):  # img_size=128 as a keyword means [128], as on the command line
+        if isinstance(getattr(args, k), int):
+            setattr(args, k, [getattr(args, k)])
     return Trainer(args, explicit=set(kwargs), start_time=start).train()
 
 

@@ -126,9 +126,8 @@ class Trainer:
         self.img_size = parse_img_size(a.img_size)
         a.img_size = list(self.img_size)
         # what validation, best.pt and the checkpoint's inference default use (None: the training size)
-        self.val_size = parse_img_size(a.val_size, "--val-size") if getattr(a, "val_size", None) else self.img_size
-        if getattr(a, "val_size", None):
-            a.val_size = list(self.val_size)
+        self.val_size = parse_img_size(a.val_size, "--val-size") if a.val_size else self.img_size
+        a.val_size = list(self.val_size) if a.val_size else None
         # the model (and the weights it starts from) is built before the run folder: a bad head option or
         # a checkpoint that does not fit is refused with nothing written
         self.model_cfg = model_config(self.data.nc, a.backbone, a.head, a.cfg, a.scale, aux=a.aux_weight > 0,

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 
 from segment.common import add_common_flags, cli_entry, parse_img_size, setup_runtime
 from segment.evaluate import EvalResult, eval_loader, evaluate  # noqa: F401 - re-exported for callers of val
-from segment.inference import TorchBackend, check_backend_config, inference_config, load_backend
+from segment.inference import Backend, TorchBackend, check_backend_config, inference_config, load_backend
 from utils.dataconfig import load_data_config
 from utils.errors import UserError
 from utils.files import atomic_write_text, run_dir
@@ -59,6 +59,12 @@ def summarise(res: EvalResult) -> dict[str, Any]:
     out: dict[str, Any] = {k: res.metrics[k] for k in ("mIoU", "pixel_acc", "mean_acc", "mDice")}
     out["per_class"] = {n: {k: c[k] for k in ("iou", "acc", "dice")} for n, c in res.metrics["per_class"].items()}
     return out
+
+
+def input_size(backend: Backend, asked: list[int] | None) -> tuple[int, int]:
+    """The size a backend is run at: the one asked for, else its checkpoint's, else a static graph's own."""
+    fixed = tuple(backend.fixed_size) if backend.fixed_size else None
+    return parse_img_size(asked or backend.meta.get("img_size") or fixed)
 
 
 def report_interval(res: EvalResult, resamples: int) -> dict[str, Any]:
@@ -119,16 +125,12 @@ def run(**kwargs: Any) -> dict[str, Any]:
         setattr(args, k, v)
     from segment.config import check_numeric
 
-    check_numeric(args)  # --batch-size, --workers, --img-size: one line before anything runs
-    if isinstance(args.bootstrap, bool) or not isinstance(args.bootstrap, int) or args.bootstrap < 0:
-        raise UserError(f"--bootstrap {args.bootstrap!r}: give a number of resamples (1000 is plenty) or 0 for none")
+    check_numeric(args)  # --batch-size, --workers, --img-size, --bootstrap: one line before anything runs
     if args.compare_img_size is not None and not args.compare:
         raise UserError("--compare-img-size: only with --compare WEIGHTS (the model to score beside --weights)")
-    if args.compare_img_size is not None:
-        parse_img_size(args.compare_img_size, "--compare-img-size")
-        if args.slide:  # sliding windows run at native resolution for both models: no input size to set
-            raise UserError("--compare-img-size: not with --slide, which runs both models on native-resolution "
-                            "windows; leave it out to compare the two models on the same windows")
+    if args.compare_img_size is not None and args.slide:  # sliding windows run both at native resolution
+        raise UserError("--compare-img-size: not with --slide, which runs both models on native-resolution "
+                        "windows; leave it out to compare the two models on the same windows")
     device = select_device(args.device)
     infer = inference_config(args.slide, args.overlap, args.slide_scale, args.tta, args.tta_scales, args.no_flip,
                              args.batch_size)
@@ -142,8 +144,7 @@ def run(**kwargs: Any) -> dict[str, Any]:
         data = load_data_config(meta["data"])
     if data.nc != meta["nc"]:
         raise UserError(f"{args.weights}: model has {meta['nc']} classes but {data.yaml_file} has {data.nc}")
-    fixed = tuple(backend.fixed_size) if backend.fixed_size else None
-    img_size = parse_img_size(args.img_size or meta.get("img_size") or fixed)
+    img_size = input_size(backend, args.img_size)
     check_backend_config(backend, infer, img_size)
     other, other_size = None, None
     if args.compare:
@@ -151,17 +152,18 @@ def run(**kwargs: Any) -> dict[str, Any]:
         if other.meta["nc"] != data.nc:
             raise UserError(f"--compare {args.compare}: model has {other.meta['nc']} classes but {data.yaml_file} "
                             f"has {data.nc}")
-        fixed_other = tuple(other.fixed_size) if other.fixed_size else None
-        other_size = parse_img_size(args.compare_img_size or other.meta.get("img_size") or fixed_other)
+        other_size = input_size(other, args.compare_img_size)
         check_backend_config(other, infer, other_size, flag="--compare-img-size")
     resamples = args.bootstrap or (1000 if other is not None else 0)
-    if infer.slide:  # native resolution: images of different sizes cannot share a batch
-        loader = eval_loader(data, args.split, None, 1, args.workers, args.skip_bad)
-    else:
-        loader = eval_loader(data, args.split, img_size, args.batch_size, args.workers, args.skip_bad)
-    other_loader = loader
-    if other is not None and not infer.slide and other_size != img_size:
-        other_loader = eval_loader(data, args.split, other_size, args.batch_size, args.workers, args.skip_bad)
+
+    def loader_at(size: tuple[int, int]) -> Any:
+        if infer.slide:  # native resolution: images of different sizes cannot share a batch
+            return eval_loader(data, args.split, None, 1, args.workers, args.skip_bad)
+        return eval_loader(data, args.split, size, args.batch_size, args.workers, args.skip_bad)
+
+    loader = loader_at(img_size)
+    same = other is None or infer.slide or other_size == img_size
+    other_loader = loader if same else loader_at(other_size)
     save_dir = run_dir(args.project, args.name, args.exist_ok)  # after the data check: a bad split writes nothing
     single = replace(infer, tta=False)
     res = evaluate(backend, loader, data, device, desc=f"{args.split}", infer=single, per_image=resamples > 0)
