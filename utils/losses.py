@@ -22,6 +22,8 @@ from utils.registry import Registry
 LOSSES = Registry("loss")
 register_loss = LOSSES.register
 
+OHEM_THRESH, OHEM_MIN_SHARE, DICE_SMOOTH = 0.7, 1 / 16, 1.0  # shared by the reference terms and the fused pass
+
 
 def _log_probs(logits: torch.Tensor, log_probs: torch.Tensor | None) -> torch.Tensor:
     return F.log_softmax(logits.float(), 1) if log_probs is None else log_probs
@@ -59,8 +61,8 @@ def focal(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
 
 @register_loss("ohem")
 def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
-                       weight: torch.Tensor | None = None, log_probs: torch.Tensor | None = None, thresh: float = 0.7,
-                       min_share: float = 1 / 16) -> torch.Tensor:
+                       weight: torch.Tensor | None = None, log_probs: torch.Tensor | None = None, thresh: float = OHEM_THRESH,
+                       min_share: float = OHEM_MIN_SHARE) -> torch.Tensor:
     """Online hard-example mining CE: the mean over the pixels whose true-class probability is below
     ``thresh``, and never fewer than ``min_share`` of the labelled pixels (the hardest ones).
 
@@ -69,19 +71,29 @@ def ohem_cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index:
     batch) follow the OHEM cross-entropy used to train BiSeNet/PSPNet-style models.
     """
     valid, t = _valid(target, ignore_index)
-    n_valid = int(valid.sum())
-    if n_valid == 0:
+    if not valid.any():
         return logits.sum() * 0.0
     per_pixel = F.nll_loss(_log_probs(logits, log_probs), t, weight=weight, reduction="none")
+    chosen, k = _ohem_pixels(per_pixel, valid, thresh, min_share)
+    # where, not a product: an ignored pixel's (unused) loss may be inf
+    return torch.where(chosen, per_pixel, 0.0).sum() / k
+
+
+def _ohem_pixels(per_pixel: torch.Tensor, valid: torch.Tensor, thresh: float, min_share: float
+                 ) -> tuple[torch.Tensor, int]:
+    """OHEM's pixels (a mask) and their count: the labelled pixels whose loss is above -log(thresh), or the
+    ``min_share`` hardest of them when fewer are. ``valid`` must hold at least one pixel."""
+    n_valid = int(valid.sum())
     hard = ~(per_pixel <= -math.log(thresh)) & valid  # a NaN loss counts as hard, as top-k ranks it first
     n_hard, floor = int(hard.sum()), min(n_valid, max(1, int(n_valid * min_share)))
     if n_hard >= floor:
-        # the k = n_hard largest losses are exactly the hard pixels: a masked mean, no top-k (a partial
-        # sort of ~0.9 M values per step at batch 8, 288x384) and no boolean compaction and its backward;
-        # where, not a product: an ignored pixel's (unused) loss may be inf
-        return torch.where(hard, per_pixel, 0.0).sum() / n_hard
+        # the k = n_hard largest losses are exactly the hard pixels: a mask, no top-k (a partial sort of
+        # ~0.9 M values per step at batch 8, 288x384) and no boolean compaction and its backward
+        return hard, n_hard
     # almost every pixel is easy: the floor's hardest; ignored pixels can never be picked (loss -1 < 0)
-    return per_pixel.masked_fill(~valid, -1.0).flatten().topk(floor, sorted=False).values.mean()
+    top = per_pixel.masked_fill(~valid, -1.0).flatten().topk(floor, sorted=False).indices
+    chosen = torch.zeros(per_pixel.numel(), dtype=torch.bool, device=per_pixel.device)
+    return chosen.index_fill_(0, top, True).view_as(per_pixel), floor
 
 
 def _soft_counts(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, log_probs: torch.Tensor | None = None
@@ -110,7 +122,7 @@ def _class_mean(score: torch.Tensor, weight: torch.Tensor | None) -> torch.Tenso
 @register_loss("dice")
 def dice(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
          weight: torch.Tensor | None = None, log_probs: torch.Tensor | None = None,
-         smooth: float = 1.0) -> torch.Tensor:
+         smooth: float = DICE_SMOOTH) -> torch.Tensor:
     """1 - mean over classes of (2 I + s) / (P + T + s), soft counts over the whole batch."""
     inter, pred, true = _soft_counts(logits, target, ignore_index, log_probs)
     return 1.0 - _class_mean((2 * inter + smooth) / (pred + true + smooth), weight)
@@ -134,6 +146,110 @@ def tversky(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255,
     inter, pred, true = _soft_counts(logits, target, ignore_index, log_probs)
     fp, fn = pred - inter, true - inter
     return 1.0 - _class_mean((inter + smooth) / (inter + alpha * fp + beta * fn + smooth), weight)
+
+
+FUSED_TERMS = frozenset({"ce", "ohem", "dice"})
+
+
+class _FusedTerms(torch.autograd.Function):
+    """CE / OHEM CE / Dice over one softmax, with the gradient written out (the reference terms above are
+    the definition; tests/test_losses.py holds the two to the same values and gradients).
+
+    Through autograd, ohem+dice keeps a dozen full-size (N, C, H, W) intermediates and walks each back: with
+    the logits' upsampling it cost 290 ms forward + backward at batch 8, 288x384, 11 classes on 2 cores,
+    a third of a training step (BENCHMARKS.md). Here the forward keeps the softmax and small per-pixel
+    maps; the backward writes the gradient in three passes over the softmax and one scatter.
+    Each CE-like term is sum(c * nll) for a per-pixel coefficient map c, so its gradient is
+    c * (softmax - onehot). Dice = 1 - sum_c m_c (2 I_c + s) / D_c with D_c = P_c + T_c + s: its gradient
+    to the softmax is valid * (a_c - b_c [t = c]) with a_c = m_c (2 I_c + s) / D_c^2 and b_c = 2 m_c / D_c,
+    taken through the softmax's Jacobian p_k (g_k - sum_j p_j g_j).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, ignore_index: int, names: tuple[str, ...],
+                weight: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        with torch.autocast(logits.device.type, enabled=False):  # autocast would run the matmuls in bf16
+            return _FusedTerms._forward(ctx, logits, target, ignore_index, names, weight)
+
+    @staticmethod
+    def _forward(ctx, logits: torch.Tensor, target: torch.Tensor, ignore_index: int, names: tuple[str, ...],
+                 weight: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        n, c, h, w = logits.shape
+        # one row of C scores per pixel: a view of channels-last logits (the trainer's layout), whose class
+        # reductions then read contiguous memory; an NCHW tensor is copied once
+        z = logits.float().permute(0, 2, 3, 1).reshape(-1, c)
+        valid, t = _valid(target.reshape(-1), ignore_index)
+        logp = F.log_softmax(z, 1)
+        nll = -logp.gather(1, t.unsqueeze(1)).squeeze(1)
+        prob = logp.exp_()  # the log-softmax is not needed again: its memory becomes the softmax
+        w_t = weight[t] if weight is not None else None
+        vf = valid.to(prob.dtype)
+        n_valid = int(valid.sum())
+        values, coefs = [], []
+        dice_saved: tuple[torch.Tensor, ...] = ()
+        for name in names:
+            if name == "dice":
+                p_true = prob.gather(1, t.unsqueeze(1)).squeeze(1) * vf
+                inter = prob.new_zeros(c).index_add_(0, t, p_true)
+                pred = vf @ prob
+                true = torch.bincount(t[valid], minlength=c).to(prob.dtype)
+                m = torch.full((c,), 1.0 / c, dtype=prob.dtype, device=prob.device) if weight is None \
+                    else weight.to(prob.dtype) / weight.sum().clamp_min(1e-12)
+                denom = pred + true + DICE_SMOOTH
+                score = (2 * inter + DICE_SMOOTH) / denom
+                dice_saved = (m * score / denom, 2 * m / denom, p_true)  # a, b, p_true
+                values.append(1.0 - (m * score).sum())
+                continue
+            if n_valid == 0:  # no labelled pixel, no signal
+                coef = torch.zeros_like(nll)
+            elif name == "ce":
+                wv = vf if w_t is None else w_t * vf
+                coef = wv / wv.sum()
+            else:  # ohem, on the class-weighted per-pixel loss as nll_loss(weight=...) gives it
+                per_pixel = nll if w_t is None else w_t * nll
+                chosen, k = _ohem_pixels(per_pixel, valid, OHEM_THRESH, OHEM_MIN_SHARE)
+                coef = chosen.to(nll.dtype) / k if w_t is None else chosen * w_t / k
+            coefs.append(coef)
+            values.append(torch.where(coef != 0, coef * nll, 0.0).sum())  # where: an unused nll may be inf
+        ctx.names, ctx.shape, ctx.dtype = names, (n, h, w, c), logits.dtype
+        ctx.save_for_backward(prob, t, vf, *coefs, *dice_saved)
+        return tuple(values)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with torch.autocast(grads[0].device.type, enabled=False):
+            return _FusedTerms._backward(ctx, *grads)
+
+    @staticmethod
+    def _backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        prob, t, vf, *rest = ctx.saved_tensors
+        ce_grads = [g for name, g in zip(ctx.names, grads) if name != "dice"]
+        coefs, dice_saved = rest[:len(ce_grads)], rest[len(ce_grads):]
+        # per-pixel coefficients of the softmax (coef_p) and of the one-hot target (coef_t)
+        coef_p = sum((g * c for g, c in zip(ce_grads, coefs)), torch.zeros_like(vf))
+        coef_t = coef_p.clone()
+        if dice_saved:
+            a, b, p_true = dice_saved
+            g_dice = grads[ctx.names.index("dice")] * vf
+            bt_pt = b[t] * p_true
+            coef_p = coef_p + g_dice * (bt_pt - prob @ a)
+            coef_t = coef_t + g_dice * bt_pt
+            grad = prob * a
+            grad.mul_(g_dice.unsqueeze(1)).addcmul_(prob, coef_p.unsqueeze(1))
+        else:
+            grad = prob * coef_p.unsqueeze(1)
+        grad.scatter_add_(1, t.unsqueeze(1), -coef_t.unsqueeze(1))
+        n, h, w, c = ctx.shape
+        return grad.to(ctx.dtype).view(n, h, w, c).permute(0, 3, 1, 2), None, None, None, None
+
+
+def fused_terms(logits: torch.Tensor, target: torch.Tensor, names: Sequence[str], ignore_index: int = 255,
+                weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The named terms (each of them in FUSED_TERMS, at their default settings) of one logits tensor, in
+    one pass with a hand-written backward: the same values and gradients as the registered functions."""
+    values = _FusedTerms.apply(logits, target, ignore_index, tuple(names), weight)
+    return dict(zip(names, values))
 
 
 def parse_loss_spec(spec: str) -> list[tuple[str, float]]:
@@ -170,8 +286,9 @@ class SegLoss(nn.Module):
     """
 
     def __init__(self, spec: str, ignore_index: int = 255, class_weights: Sequence[float] | None = None,
-                 aux_weight: float = 0.4, output_weights: dict[str, float] | None = None) -> None:
+                 aux_weight: float = 0.4, output_weights: dict[str, float] | None = None, fused: bool = True) -> None:
         super().__init__()
+        self.fused = fused  # ce / ohem / dice mixes through fused_terms; False: autograd through the reference terms
         self.terms = parse_loss_spec(spec)
         self.ignore_index, self.aux_weight = ignore_index, aux_weight
         self.output_weights = {"aux": float(aux_weight), **(output_weights or {})}
@@ -179,10 +296,14 @@ class SegLoss(nn.Module):
         self.register_buffer("class_weights", cw, persistent=False)
 
     def single(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        # several terms share one log-softmax (and its backward); a single term computes its own
-        logp = F.log_softmax(logits.float(), 1) if len(self.terms) > 1 else None
-        parts = {name: LOSSES.get(name)(logits, target, self.ignore_index, self.class_weights, log_probs=logp)
-                 for name, _ in self.terms}
+        names = [name for name, _ in self.terms]
+        if self.fused and all(n in FUSED_TERMS for n in names) and len(set(names)) == len(names):
+            parts = fused_terms(logits, target, names, self.ignore_index, self.class_weights)
+        else:
+            # several terms share one log-softmax (and its backward); a single term computes its own
+            logp = F.log_softmax(logits.float(), 1) if len(self.terms) > 1 else None
+            parts = {name: LOSSES.get(name)(logits, target, self.ignore_index, self.class_weights, log_probs=logp)
+                     for name in names}
         total = sum(w * parts[name] for name, w in self.terms)
         return total, parts  # type: ignore[return-value]
 
