@@ -1,5 +1,6 @@
 """Training speed on this machine, side by side in one run: fp32 vs bf16 autocast, channels-last vs
-contiguous, and the data pipeline with 0/1/2 loader workers.
+contiguous, the fused loss against autograd through the reference terms, and the data pipeline with 0/1/2
+loader workers.
 
 Part 1 times training steps on random tensors (model forward + loss + backward + AdamW step), so it
 measures compute only. Part 2 trains one real epoch through ``segment.train.run`` on a subset of a
@@ -8,6 +9,7 @@ dataset (default CamVid) and reads the images/s and the data-wait share the trai
 Usage:
     python benchmarks/train_speed.py                       # all parts, CamVid via $SEG_DATASETS_DIR
     python benchmarks/train_speed.py --part steps --models yolov8n --steps 5
+    python benchmarks/train_speed.py --part loss --models yolov8n --img-size 288 384 --steps 8
     python benchmarks/train_speed.py --part loader --data data/camvid.yaml --images 96
 """
 from __future__ import annotations
@@ -68,6 +70,34 @@ def part_steps(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def part_loss(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Whole training steps with the recipe's loss (ohem+dice) fused and through the reference terms,
+    alternating step by step (fp32, and bf16 autocast where the CPU has it natively)."""
+    from segment.precision import train_step_times
+    from segment.trainer import build_optimizer
+    from utils.torch_utils import cpu_has_native_bf16
+
+    rows = []
+    for name in args.models:
+        for bf16 in (False, True) if cpu_has_native_bf16() else (False,):
+            model = build_model(model_config(11, **MODELS[name])).train().to(memory_format=torch.channels_last)
+            opt = build_optimizer(model, "adamw", 1e-3, 0.9, 0.05)
+            g = torch.Generator().manual_seed(0)
+            x = torch.rand(args.batch_size, 3, *args.img_size, generator=g).contiguous(memory_format=torch.channels_last)
+            y = torch.randint(0, 11, (args.batch_size, *args.img_size), generator=g)
+            losses = {True: SegLoss("ohem+dice", 255, fused=True), False: SegLoss("ohem+dice", 255, fused=False)}
+            times: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(args.steps):  # fused and reference alternate: a slow moment hits both
+                for fused, fn in losses.items():
+                    times[fused] += train_step_times(model, fn, opt, x, y, (bf16,), 1, warmup=0)[bf16]
+            row = {"model": name, "precision": "bf16" if bf16 else "fp32",
+                   "fused": statistics.median(times[True][1:]), "reference": statistics.median(times[False][1:])}
+            rows.append(row)
+            print(f"  {name:28s} {row['precision']}: fused {row['fused']:.0f} ms/step, reference "
+                  f"{row['reference']:.0f} ms/step", flush=True)
+    return rows
+
+
 def _subset_yaml(data: str, images: int, val_images: int, tmp: Path) -> Path:
     """A copy of the dataset YAML whose train/val are the first N images (as .txt lists; no file is copied)."""
     from utils.dataconfig import load_data_config
@@ -114,7 +144,8 @@ def part_loader(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown(steps: list[dict[str, Any]], loader: list[dict[str, Any]], args: argparse.Namespace) -> str:
+def markdown(steps: list[dict[str, Any]], loader: list[dict[str, Any]], args: argparse.Namespace,
+             loss: list[dict[str, Any]] | None = None) -> str:
     h, w = args.img_size
     lines = [f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
              f"torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; batch {args.batch_size} at {h}x{w}.", ""]
@@ -125,6 +156,13 @@ def markdown(steps: list[dict[str, Any]], loader: list[dict[str, Any]], args: ar
         for r in steps:
             lines.append(f"| {r['model']} | " + " | ".join(f"{r[k]:.0f}" for k in keys)
                          + f" | {r['fp32 NHWC'] / r['bf16 NHWC']:.2f}x |")
+        lines.append("")
+    if loss:
+        lines += ["| model | precision | ohem+dice fused ms/step | through autograd ms/step | speed-up |",
+                  "|---|---|---:|---:|---:|"]
+        for r in loss:
+            lines.append(f"| {r['model']} | {r['precision']} | {r['fused']:.0f} | {r['reference']:.0f} | "
+                         f"{r['reference'] / r['fused']:.2f}x |")
         lines.append("")
     if loader:
         lines += ["| model | precision | --workers | train images/s | data wait (share of step time) |",
@@ -137,7 +175,7 @@ def markdown(steps: list[dict[str, Any]], loader: list[dict[str, Any]], args: ar
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["all", "steps", "loader"], default="all")
+    p.add_argument("--part", choices=["all", "steps", "loss", "loader"], default="all")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--img-size", nargs=2, type=int, default=[360, 480])
     p.add_argument("--batch-size", type=int, default=8)
@@ -152,10 +190,12 @@ def main(argv: list[str] | None = None) -> None:
 
     setup_runtime(args.threads)
     steps = part_steps(args) if args.part in ("all", "steps") else []
+    loss = part_loss(args) if args.part in ("all", "loss") else []
     loader = part_loader(args) if args.part in ("all", "loader") else []
-    print(markdown(steps, loader, args))
+    print(markdown(steps, loader, args, loss))
     if args.json:
-        Path(args.json).write_text(json.dumps({"steps": steps, "loader": loader}, indent=2), encoding="utf-8")
+        Path(args.json).write_text(json.dumps({"steps": steps, "loss": loss, "loader": loader}, indent=2),
+                                   encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import torch
 
 from utils.losses import LOSSES, SegLoss, _ohem_pixels, fused_terms
 
-MIXES = ["ce", "ohem", "dice", "ohem+dice", "ce:0.5,dice:2", "dice+ohem", "ce+ohem+dice"]
+# unequal weights in both orders: each term's gradient must reach its own coefficients
+MIXES = ["ce", "ohem", "dice", "ohem+dice", "ce:0.5,dice:2", "dice:3,ce:1", "ohem:2,dice:0.5", "ce+ohem+dice"]
 WEIGHTS = [1.0, 2.0, 0.5, 3.0, 1.0]
 
 
@@ -70,14 +71,32 @@ def test_only_fusable_mixes_are_fused():
     assert a[0] == b[0] and torch.equal(a[2], b[2])
 
 
-def test_fused_all_ignored_is_zero_with_zero_gradient():
-    z = torch.randn(1, 3, 2, 2, requires_grad=True)
+@pytest.mark.parametrize("weights", [None, torch.tensor([1.0, 0.0, 2.0])])
+def test_fused_all_ignored_is_zero_with_zero_gradient(weights):
+    z = torch.randn(1, 3, 2, 2)
+    z[0, 1, 0, 0] = float("nan")  # an ignored pixel's logits are never read into the gradient
+    z.requires_grad_(True)
     t = torch.full((1, 2, 2), 255)
-    parts = fused_terms(z, t, ["ce", "ohem", "dice"], 255)
-    for name, v in parts.items():
-        assert float(v) == pytest.approx(float(LOSSES.get(name)(z, t, 255)), abs=1e-7) == 0.0
+    parts = fused_terms(z, t, ["ce", "ohem"], 255, weights)
+    assert [float(v.detach()) for v in parts.values()] == [0.0, 0.0]
     (g,) = torch.autograd.grad(sum(parts.values()), z)
     assert float(g.abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("c", [1, 2])
+def test_fused_few_classes_and_an_absent_class_and_a_zero_weight(c):
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(1, c, 4, 5, generator=g)
+    t = torch.zeros(1, 4, 5, dtype=torch.long)  # class 1 (when there is one) never appears in the target
+    t[0, 0] = 255
+    for weights in (None, [1.0] + [0.0] * (c - 1)):  # the absent class weighs 0
+        a, b = (_value_and_grad("ce+ohem+dice", f, z, t, weights) for f in (True, False))
+        assert a[0] == pytest.approx(b[0], rel=1e-5, abs=1e-6) and torch.allclose(a[2], b[2], atol=1e-6)
+
+
+def test_fused_refuses_a_target_of_another_shape():
+    with pytest.raises(ValueError, match="target shape"):
+        fused_terms(torch.randn(1, 3, 2, 3), torch.zeros(1, 3, 2, dtype=torch.long), ["ce"])
 
 
 def test_fused_keeps_a_nan_visible_and_an_ignored_inf_harmless():
@@ -90,7 +109,11 @@ def test_fused_keeps_a_nan_visible_and_an_ignored_inf_harmless():
     x.requires_grad_(True)
     parts = fused_terms(x, torch.tensor([[[255, 1, 0]]]), ["ce", "ohem", "dice"])
     (g,) = torch.autograd.grad(sum(parts.values()), x)
-    assert float(parts["ohem"]) == pytest.approx(math.log(2), abs=1e-6) and torch.isfinite(g).all()
+    assert float(parts["ohem"].detach()) == pytest.approx(math.log(2), abs=1e-6) and torch.isfinite(g).all()
+    ref = {n: LOSSES.get(n)(x, torch.tensor([[[255, 1, 0]]]), 255) for n in parts}
+    (g_ref,) = torch.autograd.grad(sum(ref.values()), x)
+    assert {k: float(v.detach()) for k, v in parts.items()} == pytest.approx({k: float(v.detach()) for k, v in ref.items()})
+    assert torch.allclose(g, g_ref, atol=1e-7)
 
 
 def test_fused_under_bf16_autocast_matches_reference():
@@ -108,6 +131,6 @@ def test_fused_under_bf16_autocast_matches_reference():
             total, parts = SegLoss("ohem+dice", fused=fused)(logits, t)
         assert logits.dtype == torch.bfloat16
         total.backward()
-        out[fused] = ({k: float(v) for k, v in parts.items()}, z.grad)
+        out[fused] = ({k: float(v.detach()) for k, v in parts.items()}, z.grad)
     assert out[True][0] == pytest.approx(out[False][0], rel=1e-6)
     assert torch.allclose(out[True][1], out[False][1], rtol=1e-2, atol=1e-6)

@@ -153,10 +153,10 @@ FUSED_TERMS = frozenset({"ce", "ohem", "dice"})
 
 class _FusedTerms(torch.autograd.Function):
     """CE / OHEM CE / Dice over one softmax, with the gradient written out (the reference terms above are
-    the definition; tests/test_losses.py holds the two to the same values and gradients).
+    the definition; tests/test_loss_fused.py holds the two to the same values and gradients).
 
     Through autograd, ohem+dice keeps a dozen full-size (N, C, H, W) intermediates and walks each back: with
-    the logits' upsampling it cost 290 ms forward + backward at batch 8, 288x384, 11 classes on 2 cores,
+    the logits' upsampling it cost 270-300 ms forward + backward at batch 8, 288x384, 11 classes on 2 cores,
     a third of a training step (BENCHMARKS.md). Here the forward keeps the softmax and small per-pixel
     maps; the backward writes the gradient in three passes over the softmax and one scatter.
     Each CE-like term is sum(c * nll) for a per-pixel coefficient map c, so its gradient is
@@ -175,6 +175,8 @@ class _FusedTerms(torch.autograd.Function):
     def _forward(ctx, logits: torch.Tensor, target: torch.Tensor, ignore_index: int, names: tuple[str, ...],
                  weight: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         n, c, h, w = logits.shape
+        if target.shape != (n, h, w):  # the flattened view below would pair pixels with the wrong targets
+            raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
         # one row of C scores per pixel: a view of channels-last logits (the trainer's layout), whose class
         # reductions then read contiguous memory; an NCHW tensor is copied once
         z = logits.float().permute(0, 2, 3, 1).reshape(-1, c)
@@ -210,7 +212,9 @@ class _FusedTerms(torch.autograd.Function):
                 chosen, k = _ohem_pixels(per_pixel, valid, OHEM_THRESH, OHEM_MIN_SHARE)
                 coef = chosen.to(nll.dtype) / k if w_t is None else chosen * w_t / k
             coefs.append(coef)
-            values.append(torch.where(coef != 0, coef * nll, 0.0).sum())  # where: an unused nll may be inf
+            # where: an unused pixel's nll may be inf (an ignored pixel, or a class weight of 0: the reference's
+            # 0 * inf would make that NaN; here such a pixel adds nothing, as its weight says)
+            values.append(torch.where(coef != 0, coef * nll, 0.0).sum())
         ctx.names, ctx.shape, ctx.dtype = names, (n, h, w, c), logits.dtype
         ctx.save_for_backward(prob, t, vf, *coefs, *dice_saved)
         return tuple(values)
@@ -224,6 +228,9 @@ class _FusedTerms(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         prob, t, vf, *rest = ctx.saved_tensors
+        n, h, w, c = ctx.shape
+        if not bool(vf.any()):  # no labelled pixel: no gradient, even where an ignored pixel's logits are NaN
+            return prob.new_zeros(n, h, w, c).to(ctx.dtype).permute(0, 3, 1, 2), None, None, None, None
         ce_grads = [g for name, g in zip(ctx.names, grads) if name != "dice"]
         coefs, dice_saved = rest[:len(ce_grads)], rest[len(ce_grads):]
         # per-pixel coefficients of the softmax (coef_p) and of the one-hot target (coef_t)
@@ -240,7 +247,6 @@ class _FusedTerms(torch.autograd.Function):
         else:
             grad = prob * coef_p.unsqueeze(1)
         grad.scatter_add_(1, t.unsqueeze(1), -coef_t.unsqueeze(1))
-        n, h, w, c = ctx.shape
         return grad.to(ctx.dtype).view(n, h, w, c).permute(0, 3, 1, 2), None, None, None, None
 
 
