@@ -234,7 +234,7 @@ class _FusedTerms(torch.autograd.Function):
         ce_grads = [g for name, g in zip(ctx.names, grads) if name != "dice"]
         coefs, dice_saved = rest[:len(ce_grads)], rest[len(ce_grads):]
         # per-pixel coefficients of the softmax (coef_p) and of the one-hot target (coef_t)
-        coef_p = sum((g * c for g, c in zip(ce_grads, coefs)), torch.zeros_like(vf))
+        coef_p = sum((g * cf for g, cf in zip(ce_grads, coefs)), torch.zeros_like(vf))
         coef_t = coef_p.clone()
         if dice_saved:
             a, b, p_true = dice_saved
