@@ -40,20 +40,27 @@ MODELS = {
 }
 
 
+def _step_setup(name: str, img_size: tuple[int, int], batch: int, channels_last: bool, weight_decay: float,
+                nc: int = 11) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tensor]:
+    """A training-mode model in the given layout, its AdamW, and random images and masks."""
+    from segment.trainer import build_optimizer
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(model_config(nc, **MODELS[name])).train().to(memory_format=fmt)
+    opt = build_optimizer(model, "adamw", 1e-3, 0.9, weight_decay)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, *img_size, generator=g).contiguous(memory_format=fmt)
+    y = torch.randint(0, nc, (batch, *img_size), generator=g)
+    return model, opt, x, y
+
+
 def step_ms(name: str, img_size: tuple[int, int], batch: int, steps: int, bf16: bool, channels_last: bool,
             nc: int = 11) -> float:
     """Median ms of one training step (random images and masks)."""
     from segment.precision import train_step_times
-    from segment.trainer import build_optimizer
 
-    model = build_model(model_config(nc, **MODELS[name])).train()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model.to(memory_format=fmt)
+    model, opt, x, y = _step_setup(name, img_size, batch, channels_last, 0.01, nc)
     loss_fn = SegLoss("ce+dice", 255)
-    opt = build_optimizer(model, "adamw", 1e-3, 0.9, 0.01)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, *img_size, generator=g).contiguous(memory_format=fmt)
-    y = torch.randint(0, nc, (batch, *img_size), generator=g)
     return statistics.median(train_step_times(model, loss_fn, opt, x, y, (bf16,), steps, warmup=2)[bf16])
 
 
@@ -74,17 +81,12 @@ def part_loss(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Whole training steps with the recipe's loss (ohem+dice) fused and through the reference terms,
     alternating step by step (fp32, and bf16 autocast where the CPU has it natively)."""
     from segment.precision import train_step_times
-    from segment.trainer import build_optimizer
     from utils.torch_utils import cpu_has_native_bf16
 
     rows = []
     for name in args.models:
         for bf16 in (False, True) if cpu_has_native_bf16() else (False,):
-            model = build_model(model_config(11, **MODELS[name])).train().to(memory_format=torch.channels_last)
-            opt = build_optimizer(model, "adamw", 1e-3, 0.9, 0.05)
-            g = torch.Generator().manual_seed(0)
-            x = torch.rand(args.batch_size, 3, *args.img_size, generator=g).contiguous(memory_format=torch.channels_last)
-            y = torch.randint(0, 11, (args.batch_size, *args.img_size), generator=g)
+            model, opt, x, y = _step_setup(name, tuple(args.img_size), args.batch_size, True, 0.05)
             losses = {True: SegLoss("ohem+dice", 255, fused=True), False: SegLoss("ohem+dice", 255, fused=False)}
             times: dict[bool, list[float]] = {True: [], False: []}
             for _ in range(args.steps):  # fused and reference alternate: a slow moment hits both
