@@ -74,7 +74,7 @@ def main() -> int:
     if args.only:
         variants = [v for v in variants if f"{v[0]}:{v[1] or '-'}" in args.only or v[0] in args.only]
     print(f"Dynamic ONNX export (opset {args.opset}) checked at {args.img_size[0]}x{args.img_size[1]} and two "
-          f"other sizes; bounds: max |diff| <= {LOGIT_TOL:g}, argmax agreement >= {100 * ARGMAX_AGREE:g}%; "
+          f"other sizes; bounds: max |diff| <= {LOGIT_TOL:g} x max(1, max |logit|), argmax agreement >= {100 * ARGMAX_AGREE:g}%; "
           f"torch {torch.__version__}, {args.threads} threads\n")
     print("| YAML | scale | params (M) | sizes | max abs logit | max abs logit diff | argmax agree (%) | export + check (s) | ok |")
     print("|---|---|---:|---|---:|---:|---:|---:|---|")

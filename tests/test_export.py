@@ -16,6 +16,11 @@ from tests.conftest import write_dataset
 from utils.errors import UserError
 
 
+def assert_faithful(out: torch.Tensor, ref: torch.Tensor) -> None:
+    """The exported graph's logits equal PyTorch's within export.py's own bound for logits of that scale."""
+    assert (out - ref).abs().max() <= export.logit_limit(float(ref.abs().max()))
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
@@ -31,7 +36,8 @@ def test_dynamic_onnx_is_verified_at_three_sizes_and_carries_metadata(setup):
     sizes = [tuple(r["size"]) for r in res["verify"]]
     assert sizes[0] == (40, 56) and len(sizes) == 3
     assert any(h % 32 and w % 32 for h, w in sizes[1:])  # one size not divisible by 32
-    assert all(r["ok"] and r["max_abs_diff"] <= 1e-4 and r["argmax_agree"] >= 0.9999 for r in res["verify"])
+    assert all(r["ok"] and r["max_abs_diff"] <= r["limit"] and r["argmax_agree"] >= 0.9999 for r in res["verify"])
+    assert all(r["limit"] >= export.LOGIT_TOL for r in res["verify"])
     meta = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}[META_KEY])
     assert meta["names"] == ["c0", "c1", "c2"] and meta["nc"] == 3 and meta["ignore_index"] == 255
     assert meta["img_size"] == [40, 56] and meta["model"] == "mobilenet_v3_small+segment" and meta["dynamic"]
@@ -40,7 +46,7 @@ def test_dynamic_onnx_is_verified_at_three_sizes_and_carries_metadata(setup):
     x = torch.rand(2, 3, 45, 61).contiguous(memory_format=torch.channels_last)
     model = export.load_model(weights, torch.device("cpu"))[0]
     with torch.no_grad():
-        assert (be(x) - model(x)).abs().max() <= 1e-4
+        assert_faithful(be(x), model(x))
 
 
 def test_onnx_through_val_equals_pt(setup, tmp_path):
@@ -251,7 +257,7 @@ def test_static_batch_graph_runs_any_batch_and_int8_needs_a_full_batch(setup, tm
     model = export.load_model(weights, torch.device("cpu"))[0]
     x = torch.rand(6, 3, 40, 56)
     with torch.no_grad():
-        assert (be(x) - model(x)).abs().max() <= 1e-4
+        assert_faithful(be(x), model(x))
     a = val.run(weights=str(weights), data=str(data), project=str(tmp_path), name="pt", workers=0)
     b = val.run(weights=str(out), project=str(tmp_path), name="b4", workers=0)
     assert abs(a["mIoU"] - b["mIoU"]) <= 1e-3 and b["num_images"] == 3
@@ -370,5 +376,35 @@ def test_static_graph_at_a_multiple_of_the_stride_has_no_pad_or_crop(setup, tmp_
 
         crops = sum(n.op_type == "Slice" and from_resize(n.input[0]) for n in nodes)
         counts[name] = (sum(n.op_type == "Pad" for n in nodes), crops)
-        assert (OnnxBackend(path)(x) - ref).abs().max() <= 1e-4
+        assert_faithful(OnnxBackend(path)(x), ref)
     assert counts == {"static": (0, 0), "dynamic": (1, 2)}
+
+
+class _Scaled(torch.nn.Module):
+    """A model whose logits are ``k`` times another's: the same graph at another logit scale."""
+
+    def __init__(self, net: torch.nn.Module, k: float) -> None:
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * self.k
+
+
+def test_verify_bounds_the_logit_difference_relative_to_the_logits_scale(setup):
+    """Float32 rounding is relative: a graph off by 2e-5 of each logit is faithful at any scale (an absolute
+    1e-4 refused it once logits passed ~5), while a shift of 3e-4 of the largest logit is refused even though
+    it keeps every argmax; small logits keep the 1e-4 absolute floor."""
+    _, _, weights = setup
+    net = export.load_model(weights, torch.device("cpu"))[0].eval()
+    big, small = _Scaled(net, 1000.0).eval(), _Scaled(net, 1e-3).eval()
+    with torch.no_grad():
+        top = max(float(big(x).abs().max()) for _, x in export.test_inputs(1, (40, 56)))
+        assert top > 100  # the case the absolute bound got wrong
+        rel = export.verify(big, lambda x: big(x) * (1 + 2e-5), [(40, 56)], 1, False, runs=1)[0]
+        assert rel["ok"] and rel["max_abs_diff"] > 1e-4 and rel["limit"] == pytest.approx(1e-4 * top)
+        shifted = export.verify(big, lambda x: big(x) + 3e-4 * top, [(40, 56)], 1, False, runs=1)[0]
+        assert not shifted["ok"] and shifted["argmax_agree"] == 1.0
+        floor = export.verify(small, lambda x: small(x) + 2e-4, [(40, 56)], 1, False, runs=1)[0]
+        assert not floor["ok"] and floor["limit"] == export.LOGIT_TOL and floor["argmax_agree"] == 1.0
+        assert export.verify(small, lambda x: small(x) + 5e-5, [(40, 56)], 1, False, runs=1)[0]["ok"]
