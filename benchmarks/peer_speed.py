@@ -13,7 +13,8 @@ logits back, stay fp32, as the deployed paths run them outside the exported mode
 own final resize is quantized, as by export.py --int8); the INT8 run ends with our INT8 graphs' ratios against
 the peer in fp32 too, the precision its own tool exports by default. Each round runs every
 variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians, and
-each speed-up is the median over rounds of that round's ratio.
+each speed-up is the median over rounds of that round's ratio, with the number of rounds in which that row
+was the faster one (k/n): a 1.00x that won 10 of 20 rounds is a tie.
 
 Sizes: ours at CamVid's native 360x480 (the shipped recipe's size: its graph pads to /32 inside) and
 at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image, and
@@ -55,7 +56,7 @@ from segment.export import export_onnx
 from segment.int8 import quantize
 from segment.onnx_backend import import_ort, session_options
 from utils.errors import UserError
-from utils.timing import alternate, paired_ratio
+from utils.timing import alternate, paired_ratio, rounds_faster
 
 NC = 11
 PEER_SIZE = (384, 480)
@@ -241,20 +242,23 @@ def main() -> None:
           f"interleaved calls; {cpu}, torch {torch.__version__}, ultralytics {ultralytics.__version__}; "
           f"params {', '.join(f'{k} {v / 1e6:.2f} M' for k, v in params.items())}, yolo26n-sem {n_peer / 1e6:.2f} M "
           f"(fused, {NC} classes)")
-    print("\nspeed-ups: the median of per-round ratios against each peer row on the same backend")
+    print("\nspeed-ups: the median of per-round ratios against each peer row on the same backend, and (k/n) the "
+          "rounds in which the row was the faster one")
     print("\n| model | input | backend | ms/img | p10-p90 ms | images/s | "
           + " | ".join(f"vs {n.split(' ')[0]}" for n in refs) + " |")
     print("|---|---|---|---:|---:|---:|" + "---:|" * len(refs))
     for k, v in flat.items():
         model, size, backend = k.rsplit(" ", 2)
         q = statistics.quantiles(v, n=10, method="inclusive")
-        ratios = " | ".join(f"{paired_ratio(r[backend], times[k]):.2f}x" for r in refs.values())
+        ratios = " | ".join(f"{paired_ratio(r[backend], times[k]):.3f}x ({rounds_faster(r[backend], times[k])}/{a.rounds})"
+                            for r in refs.values())
         print(f"| {model} | {size} | {backend} | {med[k]:.1f} | {q[0]:.1f}-{q[-1]:.1f} | {1e3 / med[k]:.1f} | {ratios} |")
     if a.int8:  # the peer as its own tool runs it is fp32: our INT8 graphs against that too, paired by round
         print("\nours in INT8 against the peer in fp32 (ORT), the median of per-round ratios:")
         for k in (k for k in times if k.endswith(" ORT-int8") and not k.startswith("yolo26n-sem")):
-            print(f"- {k.rsplit(' ', 1)[0]}: " + ", ".join(f"{paired_ratio(r['ORT'], times[k]):.2f}x vs {n}"
-                                                         for n, r in refs.items()))
+            print(f"- {k.rsplit(' ', 1)[0]}: " + ", ".join(
+                f"{paired_ratio(r['ORT'], times[k]):.3f}x ({rounds_faster(r['ORT'], times[k])}/{a.rounds}) vs {n}"
+                for n, r in refs.items()))
 
 
 if __name__ == "__main__":

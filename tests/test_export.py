@@ -136,6 +136,17 @@ def test_paired_ratio_takes_each_rounds_own_ratio():
     assert paired_ratio([[4.0]], [[2.0, 2.0, 50.0]]) == pytest.approx(2.0)
 
 
+def test_rounds_faster_counts_the_rounds_the_other_side_won():
+    """Per-round medians, ref (10, 10, 10, 10) against other (9, 11, 10, 5): faster in rounds 1 and 4; a tie
+    (round 3) is not a win. The paired ratio of the same rounds is the median of (1.11, 0.91, 1, 2) = 1.06."""
+    from utils.timing import paired_ratio, rounds_faster
+
+    ref, other = [[10.0]] * 4, [[9.0], [11.0, 11.0, 90.0], [10.0], [5.0]]
+    assert rounds_faster(ref, other) == 2
+    assert rounds_faster(other, ref) == 1
+    assert paired_ratio(ref, other) == pytest.approx((10 / 9 + 1.0) / 2)
+
+
 def _fails(argv, capsys, text, code=2):
     with pytest.raises(SystemExit) as e:
         export.main(argv)

@@ -37,3 +37,9 @@ def paired_ratio(ref: Sequence[Sequence[float]], other: Sequence[Sequence[float]
     """Median over rounds of (ref's median / other's median in that round): the speed-up of ``other``
     measured within each round, so a slow spell of the machine weighs on both sides of a ratio alike."""
     return statistics.median(statistics.median(a) / statistics.median(b) for a, b in zip(ref, other))
+
+
+def rounds_faster(ref: Sequence[Sequence[float]], other: Sequence[Sequence[float]]) -> int:
+    """In how many rounds ``other``'s median time was below ``ref``'s: beside ``paired_ratio``, it tells
+    a speed-up of 1.00x that is a coin toss from one that holds round after round."""
+    return sum(statistics.median(b) < statistics.median(a) for a, b in zip(ref, other))
