@@ -171,6 +171,11 @@ def add_ort(variants: dict[str, Callable[[], Any]], name: str, path: Path, x: to
         variants[f"{name} ORT-int8"] = ort_call(q, x, threads)
 
 
+def speedup(ref: list[list[float]], other: list[list[float]]) -> str:
+    """``other``'s speed-up over ``ref`` from per-round times, with the rounds it won: '0.990x (5/20)'."""
+    return f"{paired_ratio(ref, other):.3f}x ({rounds_faster(ref, other)}/{len(ref)})"
+
+
 def eager_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     def run() -> Any:
         with torch.inference_mode():
@@ -250,15 +255,13 @@ def main() -> None:
     for k, v in flat.items():
         model, size, backend = k.rsplit(" ", 2)
         q = statistics.quantiles(v, n=10, method="inclusive")
-        ratios = " | ".join(f"{paired_ratio(r[backend], times[k]):.3f}x ({rounds_faster(r[backend], times[k])}/{a.rounds})"
-                            for r in refs.values())
+        ratios = " | ".join(speedup(r[backend], times[k]) for r in refs.values())
         print(f"| {model} | {size} | {backend} | {med[k]:.1f} | {q[0]:.1f}-{q[-1]:.1f} | {1e3 / med[k]:.1f} | {ratios} |")
     if a.int8:  # the peer as its own tool runs it is fp32: our INT8 graphs against that too, paired by round
         print("\nours in INT8 against the peer in fp32 (ORT), the median of per-round ratios:")
         for k in (k for k in times if k.endswith(" ORT-int8") and not k.startswith("yolo26n-sem")):
-            print(f"- {k.rsplit(' ', 1)[0]}: " + ", ".join(
-                f"{paired_ratio(r['ORT'], times[k]):.3f}x ({rounds_faster(r['ORT'], times[k])}/{a.rounds}) vs {n}"
-                for n, r in refs.items()))
+            print(f"- {k.rsplit(' ', 1)[0]}: " + ", ".join(f"{speedup(r['ORT'], times[k])} vs {n}"
+                                                         for n, r in refs.items()))
 
 
 if __name__ == "__main__":
