@@ -100,14 +100,19 @@ def train(a: argparse.Namespace, extra: list[str], name: str) -> tuple[Path, flo
     return (REPO / a.project / name).resolve(), wall, usage.ru_maxrss / 2 ** 20
 
 
-def training_figures(run: Path) -> dict[str, Any]:
-    """Epochs reached, best val mIoU and training images/s (step time only) from the run's results.csv."""
+def training_figures(run: Path, best_epoch: int) -> dict[str, Any]:
+    """Epochs reached, the val mIoU of best.pt's epoch and training images/s (step time only), from results.csv.
+
+    The val column is that of the checkpoint scored on test: the highest val by default, the last scored
+    epoch's under --best final.
+    """
     with open(run / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     speeds = [float(r["train/img_per_s"]) for r in rows if r.get("train/img_per_s") not in (None, "", "nan")]
-    # epochs left unscored by --val-period have an empty val/mIoU
-    return {"epochs": len(rows), "val_mIoU": max(float(r["val/mIoU"]) for r in rows if r.get("val/mIoU")),
-            "img_per_s": statistics.median(speeds) if speeds else float("nan")}
+    val = [float(r["val/mIoU"]) for r in rows if int(r["epoch"]) == best_epoch and r.get("val/mIoU")]
+    if not val:
+        raise SystemExit(f"{run / 'results.csv'}: no val mIoU for best.pt's epoch {best_epoch}")
+    return {"epochs": len(rows), "val_mIoU": val[0], "img_per_s": statistics.median(speeds) if speeds else float("nan")}
 
 
 def latencies(weights: Path, threads: int, onnx: bool, size: tuple[int, int] = (360, 480)) -> dict[str, float]:
@@ -317,12 +322,14 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         return retime(a)
     from segment import val
     from segment.benchmark import machine
+    from utils.checkpoint import load_checkpoint
 
     label = a.label or f"{a.minutes:g} min, seed {a.seed}"
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")  # a run folder name the trainer accepts
     commit = _commit((a.out, a.store))  # before training: commits made while it runs are not the code that trained
     run, wall, peak = train(a, extra, name)
     best = run / "weights" / "best.pt"
+    best_epoch = int(load_checkpoint(best)["epoch"])
     # the checkpoint's own input size (--val-size if the run set one), the one val.py and predict.py use for
     # it; the metrics are at each mask's own size (CamVid: 360x480)
     test = val.run(weights=best, data=a.data, split="test", project=str(run / "test"), name="exp", exist_ok=True,
@@ -335,7 +342,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         "params": test["params"], "gflops": test["gflops"],
         "test_mIoU": test["mIoU"], "test_interval": [test["bootstrap"]["lo"], test["bootstrap"]["hi"]],
         "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
-        **training_figures(run), "wall_s": wall, "peak_rss_gib": peak,
+        **training_figures(run, best_epoch), "best_epoch": best_epoch, "wall_s": wall, "peak_rss_gib": peak,
         "infer_size": list(size), **latencies(best, a.threads, onnx=not a.no_onnx, size=size),
         "machine": machine(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": commit,
     }

@@ -47,6 +47,8 @@ NUMERIC_FLAGS: dict[str, _Check] = {
     "weight_decay": _num(0),
     "warmup_epochs": _num(0),
     "grad_clip": _num(0),
+    "ema_decay": _num(0, 1, hi_open=True),
+    "ema_tau": _num(0, lo_open=True),
     "aux_weight": _num(0),
     "fliplr": _num(0, 1),
     "color_jitter": _num(0, 1),

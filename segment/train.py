@@ -65,6 +65,10 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
     g.add_argument("--cos-lr", action="store_true", help="cosine LR decay (default: poly 0.9)")
     g.add_argument("--grad-clip", type=float, default=10.0, help="max gradient norm (0 = no clipping)")
     g.add_argument("--no-ema", dest="ema", action="store_false", help="validate/save raw weights, not their EMA")
+    g.add_argument("--ema-decay", type=float, default=0.9999,
+                   help="the EMA of the weights averages over about 1/(1-decay) steps once warmed up")
+    g.add_argument("--ema-tau", type=float, default=2000.0,
+                   help="steps of the EMA's warm-up: decay_t = decay * (1 - exp(-t / tau))")
     g.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="auto: fp16 autocast on CUDA; on a CPU with native bf16, the faster of fp32 and bf16 "
                         "as timed on a few steps of this model before training; else fp32")
@@ -80,6 +84,10 @@ def build_parser(preset: dict[str, Any] | None = None, prog: str | None = None) 
                    help="validate every N epochs (always the first of a run and of each resume, the last, and a --time "
                         "run's final one); "
                         "best.pt and --patience see validated epochs only")
+    g.add_argument("--best", default="val", choices=["val", "final"],
+                   help="what best.pt holds: the validated epoch with the highest val mIoU, or the final weights "
+                        "(for a fixed budget with a small val set, whose maximum over many checkpoints chases "
+                        "noise); val is scored and logged either way, and --patience still watches it")
     g.add_argument("--save-period", type=int, default=-1, help="also save weights/epochN.pt every N epochs")
     g.add_argument("--resume", nargs="?", const=True, default=False, help="resume the latest run, or the given last.pt")
     g.add_argument("--tb-images", type=int, default=4, help="rows in the TensorBoard prediction grids")

@@ -195,7 +195,7 @@ class Trainer:
         a.precision = names[choice]
         # bf16 has fp32's exponent range: only fp16 needs loss scaling
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.ema = ModelEMA(self.model) if a.ema else None
+        self.ema = ModelEMA(self.model, decay=a.ema_decay, tau=a.ema_tau) if a.ema else None
         self.state = CheckpointState()
         # The run folder comes last: every refusal above (model, weights, loss, data) leaves nothing behind.
         if self.resume_ckpt is not None:
@@ -480,7 +480,7 @@ class Trainer:
         secs = speed["seconds"] / self.world_size
         row["train/img_per_s"] = speed["images"] / secs if secs > 0 else float("nan")
         row["train/data_wait"] = speed["wait"] / speed["seconds"] if speed["seconds"] > 0 else float("nan")
-        improved = False
+        improved = keep = False
         if res is not None:
             row.update({"val/loss": res.loss, "val/mIoU": res.metrics["mIoU"], "val/pixel_acc": res.metrics["pixel_acc"],
                         "val/mean_acc": res.metrics["mean_acc"], "val/mDice": res.metrics["mDice"]})
@@ -488,6 +488,8 @@ class Trainer:
             improved = math.isfinite(fitness) and fitness > st.best_fitness  # NaN is never best
             if improved:
                 st.best_fitness, st.best_epoch = fitness, epoch + 1
+            # --best final: every scored, finite epoch replaces best.pt, so it ends as the final weights
+            keep = improved or (a.best == "final" and math.isfinite(fitness))
         st.rows.append(row)
         st.next_epoch, st.next_step, st.rng = epoch + 1, 0, {}  # an epoch start reseeds: no RNG state to keep
         # judged at validated epochs only: an unscored epoch says nothing about improvement
@@ -503,7 +505,7 @@ class Trainer:
             if st.time_up:
                 self.log(f"Time budget of {a.time:g} h reached after epoch {epoch + 1}")
         if self.main:
-            self._save(epoch, best=improved, metrics=res.metrics if res else None)  # first: the epoch is safe
+            self._save(epoch, best=keep, metrics=res.metrics if res else None)  # first: the epoch is safe
             # optional outputs: a failure is a warning, never the loss of the epoch just trained
             # (the image grids come with validations only: they show the eval model next to its scores)
             optional_output("TensorBoard/results.csv", lambda: self.logger.log_epoch(
@@ -623,6 +625,8 @@ class Trainer:
         why = f" (time budget {self.args.time:g} h)" if st.time_up else ""
         self.log(f"{st.next_epoch} epochs in {seconds / 60:.1f} min{why}; best val mIoU {st.best_fitness:.4f} "
                  f"(epoch {st.best_epoch})")
+        if self.args.best == "final" and "best_metrics" in summary:
+            self.log(f"best.pt holds the final weights (--best final): val mIoU {summary['best_metrics']['mIoU']:.4f}")
         self.log(f"Results saved to {self.save_dir}\n  weights: {best}\n  validate: python segment/val.py "
                  f"--weights {best} --data {self.args.data}\n  TensorBoard: tensorboard --logdir {self.save_dir.parent}")
         return summary

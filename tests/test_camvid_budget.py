@@ -128,6 +128,15 @@ def test_recipe_runs_under_a_tiny_budget_and_the_script_writes_its_row(tmp_path,
     assert "| 0.25 min, seed 0 | 0.25 | 0 |" in out.read_text()
 
 
+def test_the_val_column_is_that_of_the_epoch_best_pt_holds(tmp_path):
+    """Under --best final best.pt is the last scored epoch, not the val maximum; an unscored epoch has no val."""
+    (tmp_path / "results.csv").write_text("epoch,train/img_per_s,val/mIoU\n1,10,0.5\n2,12,\n3,14,0.7\n4,16,0.6\n")
+    assert camvid_budget.training_figures(tmp_path, 4) == {"epochs": 4, "val_mIoU": 0.6, "img_per_s": 13.0}
+    assert camvid_budget.training_figures(tmp_path, 3)["val_mIoU"] == 0.7
+    with pytest.raises(SystemExit, match="no val mIoU for best.pt's epoch 2"):
+        camvid_budget.training_figures(tmp_path, 2)
+
+
 def test_heads_rows_get_their_own_table_and_head_specs_become_recipe_flags(tmp_path):
     from benchmarks.camvid_heads import head_flags
     from utils.errors import UserError
@@ -163,7 +172,13 @@ def test_fast_recipe_is_the_recipe_with_its_stated_changes_and_trains(tiny_data,
 
     base, fast = _preset("camvid_yolov8n.py"), _preset("camvid_yolov8n_fast.py")
     changed = _changed_keys(base, fast)
-    assert changed == {"head", "img_size", "crop", "scale_range", "weight_decay", "time", "project"}, changed
+    assert changed == {"head", "img_size", "crop", "scale_range", "weight_decay", "time", "project", "ema_decay",
+                       "ema_tau", "best"}, changed
+    # the main recipe keeps a slow EMA's final weights; the fast one was measured with the defaults
+    assert (base["ema_decay"], base["ema_tau"], base["best"]) == (0.999, 500, "final")
+    assert (fast["ema_decay"], fast["ema_tau"], fast["best"]) == (0.9999, 2000.0, "val")
+    defaults = build_parser().parse_args([])
+    assert (defaults.ema_decay, defaults.ema_tau, defaults.best) == (0.9999, 2000.0, "val")
     assert (base["scale_range"], fast["scale_range"]) == ([0.75, 1.5], [0.5, 2.0])
     assert (base["weight_decay"], fast["weight_decay"]) == (0.05, 0.01)
     assert build_parser(base).parse_args([]).weight_decay == 0.05  # the preset reaches the parsed flags

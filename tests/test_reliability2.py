@@ -274,6 +274,8 @@ def test_plain_torchvision_state_dict_is_mapped_and_zero_matches_is_an_error(tin
     (dict(lr0="nan"), "--lr0 nan: must be a finite number"),
     (dict(lrf=0), "--lrf 0.0: must be a finite number in (0, 1]"),
     (dict(momentum=1), "--momentum 1.0: must be a finite number in [0, 1)"),
+    (dict(ema_decay=1), "--ema-decay 1.0: must be a finite number in [0, 1)"),
+    (dict(ema_tau=0), "--ema-tau 0.0: must be a finite number in (0, inf)"),
     (dict(fliplr=1.5), "--fliplr 1.5: must be a finite number in [0, 1]"),
     (dict(nan_patience=0), "--nan-patience 0: must be an integer >= 1"),
     (dict(tb_images=-1), "--tb-images -1: must be an integer >= 0"),

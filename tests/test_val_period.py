@@ -142,3 +142,36 @@ def test_patience_counts_only_scored_epochs(tiny_data, tmp_path, monkeypatch):
     rows = _rows(tmp_path / "runs" / "exp")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4] and _validated(rows) == [1, 2, 4]
     assert s["best_epoch"] == 1 and s["epochs_run"] == 4
+
+
+def test_best_final_keeps_the_last_scored_weights_and_ema_flags_reach_the_average(tiny_data, tmp_path, monkeypatch):
+    """Val scores forced to fall (0.9, 0.5, 0.1 over 3 epochs): --best val keeps epoch 1 in best.pt, --best
+    final epoch 3 (last.pt's weights, with its score), while the summary's best (and --patience) still see
+    epoch 1; --ema-decay and --ema-tau are the EMA's (12 updates: 4 steps x 3 epochs)."""
+    import segment.trainer as trainer_mod
+
+    real, falling = trainer_mod.evaluate, []
+
+    def fake(*a, **k):
+        res = real(*a, **k)
+        if k.get("desc") != "best.pt val":  # the in-loop validations, not the wrap-up's score of best.pt
+            res.metrics["mIoU"] = falling.pop(0)
+        return res
+
+    monkeypatch.setattr(trainer_mod, "evaluate", fake)
+    runs = {}
+    with one_thread():
+        for mode in ("val", "final"):
+            falling[:] = [0.9, 0.5, 0.1]
+            s = train.run(data=str(tiny_data), project=str(tmp_path / mode), workers=0, best=mode, ema_decay=0.99,
+                          ema_tau=3.0, **{**TINY, "epochs": 3})
+            assert not falling and s["best_epoch"] == 1 and s["best_fitness"] == pytest.approx(0.9)
+            w = tmp_path / mode / "exp" / "weights"
+            runs[mode] = load_checkpoint(w / "best.pt"), load_checkpoint(w / "last.pt")
+    (best_v, last_v), (best_f, last_f) = runs["val"], runs["final"]
+    assert best_v["epoch"] == 1 and best_v["metrics"]["mIoU"] == pytest.approx(0.9)
+    assert best_f["epoch"] == 3 and best_f["metrics"]["mIoU"] == pytest.approx(0.1)
+    assert all(best_f["model"][k].equal(v) for k, v in last_f["model"].items())
+    assert not all(best_v["model"][k].equal(v) for k, v in last_v["model"].items())
+    assert last_f["train"]["ema"] == {"updates": 12, "decay": 0.99, "tau": 3.0}
+    assert best_f["args"]["best"] == "final" and best_f["args"]["ema_decay"] == 0.99
