@@ -3,18 +3,20 @@
 Both networks are built with 11 classes and random weights (speed does not depend on them), fused
 (Conv+BN), in eval mode, and timed as "image in, logits at the input size out": yolo26n-sem's head
 outputs stride-8 logits, which its predictor resizes to the image, so its timed call includes that
-bilinear resize; ours resizes inside the graph. Batch 1 by default, --threads intra-op threads, PyTorch
+bilinear resize; ours resizes inside the graph (at a smaller inference size straight to the image's size,
+see ``Rescaled``; --two-resizes also times the former way, through the input size). Batch 1 by default, --threads intra-op threads, PyTorch
 eager fp32 (each tool's own layout: ours channels-last as the engine runs it, Ultralytics NCHW) and
 ONNX Runtime fp32 (both exported with the same TorchScript exporter and opset), and with --int8 also both
 graphs quantized by our export path's own ``segment.int8.quantize`` (QDQ, per-channel int8 weights, uint8
 activations, calibrated on random images: speed does not depend on the values; the resizes a timed graph
-wraps around a network, the peer's logits to the image and our @HxW rows' image to the model's size and
-logits back, stay fp32, as the deployed paths run them outside the exported model, while our plain rows'
-own final resize is quantized, as by export.py --int8); the INT8 run ends with our INT8 graphs' ratios against
-the peer in fp32 too, the precision its own tool exports by default. Each round runs every
-variant in turn, so that a VM whose speed drifts slows all of them alike; the table gives medians, and
-each speed-up is the median over rounds of that round's ratio, with the number of rounds in which that row
-was the faster one (k/n): a 1.00x that won 10 of 20 rounds is a tie.
+wraps around a network, the peer's logits to the image and our @HxW rows' image to the model's size,
+stay fp32, as the deployed paths run them outside the exported model, and so does our @HxW rows' one
+resize of the logits to the image (the graph's last Resize; export.py --int8 --out-size would quantize
+it), while our plain rows' own final resize is quantized, as by export.py --int8); the INT8 run ends with
+our INT8 graphs' ratios against the peer in fp32 too, the precision its own tool exports by default.
+Each round runs every variant in turn, so that a VM whose speed drifts slows all of them alike; the table
+gives medians, and each speed-up is the median over rounds of that round's ratio, with the number of
+rounds in which that row was the faster one (k/n): a 1.00x that won 10 of 20 rounds is a tie.
 
 Sizes: ours at CamVid's native 360x480 (the shipped recipe's size: its graph pads to /32 inside) and
 at 384x480; the peer at 384x480, the letterboxed size its rect inference uses for a 360x480 image, and
@@ -50,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.model import build_model, model_config
+from models.model import SegmentationModel, build_model, model_config
 from segment.common import parse_kv
 from segment.export import export_onnx
 from segment.int8 import quantize
@@ -76,19 +78,24 @@ class ResizedLogits(nn.Module):
 
 
 class Rescaled(nn.Module):
-    """Our model run at a smaller inference size: the image resized to ``size``, the logits back to the
-    image's size (what segment/inference.py does for a model trained at that --img-size). Traced for ORT at
-    one size, our model runs its forward_static, as in a static export by export.py; eager, its forward."""
+    """A model run at a smaller inference size: the image resized to ``size``, the logits back to the
+    image's size, as each tool does it. Ours (segment/inference.py for a model trained at that --img-size)
+    asks the model for logits at the image's size, one resize from its stride-4 head; traced for ORT, it
+    runs its forward_static, as a static export by export.py with --out-size does. The peer's predictor
+    (ultralytics 8.4.190, models/yolo/semantic/predict.py) resizes its stride-8 logits to its input size and
+    then to the image: two resizes, both kept."""
 
-    def __init__(self, net: nn.Module, size: tuple[int, int]) -> None:
+    def __init__(self, net: nn.Module, size: tuple[int, int], once: bool = True) -> None:
         super().__init__()
-        self.net, self.size = net, size
+        self.net, self.size, self.once = net, size, once
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        static = torch.jit.is_tracing() and hasattr(self.net, "forward_static")  # the peer has none
-        run = self.net.forward_static if static else self.net
-        y = run(F.interpolate(x, size=self.size, mode="bilinear", align_corners=False))
-        return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        small = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        ours = isinstance(self.net, SegmentationModel)
+        run = self.net.forward_static if ours and torch.jit.is_tracing() else self.net  # as a static export
+        if self.once and ours:
+            return run(small, (int(x.shape[-2]), int(x.shape[-1])))
+        return F.interpolate(run(small), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -200,6 +207,9 @@ def main() -> None:
                         "(default: 288x384, the scale of its CamVid scores); none: only 384x480")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--int8", action="store_true", help="also time both ONNX graphs quantized to INT8 (ORT-int8 rows)")
+    p.add_argument("--two-resizes", action="store_true",
+                   help="also time each of our @HxW models with its logits resized to its input size and then to "
+                        "the image's (the engine before 2026-12-07), beside the one resize it does now")
     a = p.parse_args()
     # bad sizes or repeated models stop the run before any model is built or exported
     ours_rows = parse_ours(a.ours)
@@ -223,6 +233,9 @@ def main() -> None:
             if at:  # inference at a smaller size, timed from the 360x480 image to 360x480 logits
                 x = torch.rand(1, 3, 360, 480, generator=g).contiguous(memory_format=torch.channels_last)
                 add_plain(variants, f"{name} 360x480", Rescaled(ours, at).eval(), x, Path(tmp) / f"ours{k}.onnx", a)
+                if a.two_resizes:
+                    add_plain(variants, f"{name}(2-resizes) 360x480", Rescaled(ours, at, once=False).eval(), x,
+                              Path(tmp) / f"ours{k}_2r.onnx", a)
                 continue
             for size in ((360, 480), PEER_SIZE):
                 x = torch.rand(1, 3, *size, generator=g)

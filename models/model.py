@@ -47,45 +47,83 @@ class SegmentationModel(nn.Module):
         """Loss weight of every auxiliary output the head declares (the FCN ``aux`` one is --aux-weight's)."""
         return dict(getattr(self.head, "aux_weights", {}))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Logits at the input size; in training with auxiliary outputs, {"out": logits, name: logits, ...}."""
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits at the input size, or (inference only) at ``size``: see resize_logits. In training with
+        auxiliary outputs, {"out": logits, name: logits, ...} at the input size."""
         h, w = x.shape[-2:]
         # Pad (with the mean colour, i.e. zero after normalisation) to a multiple of the largest stride
         # so every Upsample x2 / Concat pair lines up for any input size; the logits are cropped back.
         # Always padded (a zero pad is a copy): a Python `if` on the sizes would be frozen into a traced
-        # graph, which would then fail or drift at other input sizes.
-        x = F.pad((x - self.mean) / self.std, (0, (-w) % self.stride, 0, (-h) % self.stride))
-        return self._logits(x, h, w, crop=True)
+        # graph, which would then fail or drift at other input sizes. (With ``size``, resize_logits has
+        # such an `if`: graphs that take a size are static ones.)
+        x = self._pad(x)
+        return self._logits(x, h, w, crop=True, size=size)
 
-    def forward_static(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    def forward_static(self, x: torch.Tensor, size: tuple[int, int] | None = None
+                       ) -> torch.Tensor | dict[str, torch.Tensor]:
         """forward() for a graph traced at this one input size (a static ONNX export). At a multiple of the
         stride the pad and the crop are no-ops, but a traced graph keeps them as full-size copies that ONNX
         Runtime does not remove (BENCHMARKS.md, seventh session): here they are left out, which only a graph
         that never sees another size may do. Same values as forward()."""
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
-            return self.forward(x)
-        return self._logits((x - self.mean) / self.std, h, w, crop=False)
+            return self.forward(x, size)
+        return self._logits((x - self.mean) / self.std, h, w, crop=False, size=size)
 
-    def _logits(self, x: torch.Tensor, h: int, w: int, crop: bool) -> torch.Tensor | dict[str, torch.Tensor]:
-        """Backbone, head(s) and the logits resized to ``x``'s size (cropped to h x w with ``crop``)."""
+    def strided_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+        """Inference: the main head's logits at its own stride, and (h, w, padded h, padded w) of ``x``, which
+        ``resize_logits`` needs to bring them to any size. Lets the inference path resize image by image,
+        each straight to its own size, without holding a batch of full-size logits."""
+        h, w = x.shape[-2:]
+        x = self._pad(x)
+        out = self.head(self.backbone(x))
+        out = out["out"] if isinstance(out, dict) else out
+        return out, (int(h), int(w), int(x.shape[-2]), int(x.shape[-1]))
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return F.pad((x - self.mean) / self.std, (0, (-w) % self.stride, 0, (-h) % self.stride))
+
+    def _logits(self, x: torch.Tensor, h: int, w: int, crop: bool, size: tuple[int, int] | None = None
+                ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Backbone, head(s) and the logits resized to ``x``'s size (cropped to h x w with ``crop``), or
+        the main logits to ``size``."""
+        if size is not None and self.training:
+            raise ValueError("SegmentationModel: an output size is for inference (eval mode) only")
         features = self.backbone(x)
         head_out = self.head(features)
         outputs = dict(head_out) if isinstance(head_out, dict) else {"out": head_out}
-        out = self._upsample(outputs.pop("out"), x, h, w, crop)
+        hp, wp = x.shape[-2:]
+        out = self.resize_logits(outputs.pop("out"), (h, w, hp, wp), size, crop)
         if not self.training:
             return out  # evaluation, predict and export see the main logits only
         if self.aux_head is not None:
             outputs["aux"] = self.aux_head(features)
         if not outputs:
             return out
-        return {"out": out, **{k: self._upsample(v, x, h, w, crop) for k, v in outputs.items()}}
+        return {"out": out, **{k: self.resize_logits(v, (h, w, hp, wp), None, crop) for k, v in outputs.items()}}
 
     @staticmethod
-    def _upsample(logits: torch.Tensor, padded: torch.Tensor, h: int, w: int, crop: bool) -> torch.Tensor:
+    def resize_logits(logits: torch.Tensor, geometry: tuple[int, int, int, int], size: tuple[int, int] | None = None,
+                      crop: bool = True) -> torch.Tensor:
+        """Strided logits of an input of ``geometry`` = (h, w, padded h, padded w) at h x w, or at ``size``.
+
+        Inference wants the logits at the image's own size, usually not the model's input size. When the
+        input needed no padding, the strided logits cover exactly the input, so one bilinear resize goes
+        straight to ``size``: with align_corners=False it maps pixel centres as two resizes through the
+        input size do (the values differ by the second interpolation's extra smoothing), and the input-size
+        logits are never built. With padding, they are built and cropped first. ``crop=False``: the caller
+        knows there is no padding (a static graph), so no crop is traced.
+        """
+        h, w, hp, wp = geometry
+        if size is not None and (int(size[0]), int(size[1])) != (h, w) and (hp, wp) == (h, w):
+            return F.interpolate(logits, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
         # unconditional for the same reason as the pad (every head's out_stride is > 1 anyway)
-        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., :h, :w] if crop else logits
+        logits = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=False)
+        logits = logits[..., :h, :w] if crop else logits
+        if size is not None and (int(size[0]), int(size[1])) != (h, w):
+            logits = F.interpolate(logits, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+        return logits
 
     def fuse(self) -> "SegmentationModel":
         """Fold BatchNorm (and re-parameterisable branches) into convolutions for inference."""

@@ -68,7 +68,7 @@ def evaluate(model: nn.Module | Backend, loader: torch.utils.data.DataLoader, da
         x = preprocess(images, device)
         _sync(device)
         t1 = time.perf_counter()
-        members = infer_members(backend, x, cfg)
+        members = infer_members(backend, x, cfg, strided=True)
         _sync(device)
         t2 = time.perf_counter()
         for i, target in enumerate(masks):

@@ -4,15 +4,18 @@ Usage:
     python segment/export.py --weights runs/train/exp/weights/best.pt                     # best.onnx at the training size
     python segment/export.py --weights best.pt --dynamic                                  # any batch, height, width
     python segment/export.py --weights best.pt --argmax                                   # uint8 [B, H, W] class ids
+    python segment/export.py --weights best.pt --img-size 256 352 --out-size 360 480      # logits at the camera's size
     python segment/export.py --weights best.pt --int8 --data data/camvid.yaml             # + best-int8.onnx
     python segment/export.py --weights best.pt --format torchscript
 
 The exported graph takes float32 RGB in [0, 1] (N, 3, H, W) (normalisation is inside) and returns
-logits (N, nc, H, W) at the input size. BatchNorm and re-parameterisable branches are fused and the
-auxiliary head is dropped. Names, palette, nc, ignore_index, img_size and the model description are
-stored in the ONNX metadata, so val.py/predict.py need no .pt. Nothing is written unless the export
-passes its check: max |logit difference| <= 1e-4 times max(1, the largest |logit|) and >= 99.99%
-identical argmax, at the export size and, with --dynamic, at two other sizes (one not divisible by 32).
+logits (N, nc, H, W) at the input size, or with --out-size (static graphs) at the size the images really
+have: one resize from the head's stride instead of one to the input size and another by the caller.
+BatchNorm and re-parameterisable branches are fused and the auxiliary head is dropped. Names, palette,
+nc, ignore_index, img_size, out_size and the model description are stored in the ONNX metadata, so
+val.py/predict.py need no .pt. Nothing is written unless the export passes its check: max |logit
+difference| <= 1e-4 times max(1, the largest |logit|) and >= 99.99% identical argmax, at the export size
+and, with --dynamic, at two other sizes (one not divisible by 32).
 """
 from __future__ import annotations
 
@@ -48,15 +51,17 @@ DCN_OPSET = 19  # first ONNX opset with DeformConv
 class ExportModule(nn.Module):
     """What is exported: the model's main output, optionally ending in argmax -> class ids (uint8; int32
     when there are more than 256 classes, which uint8 would wrap). ``static``: the graph will only run at
-    the size it is traced at (the model's forward_static)."""
+    the size it is traced at (the model's forward_static); ``out_size``: the output's (H, W), None for the
+    input size."""
 
-    def __init__(self, model: SegmentationModel, argmax: bool = False, static: bool = False) -> None:
+    def __init__(self, model: SegmentationModel, argmax: bool = False, static: bool = False,
+                 out_size: tuple[int, int] | None = None) -> None:
         super().__init__()
-        self.model, self.argmax, self.static = model, argmax, static
+        self.model, self.argmax, self.static, self.out_size = model, argmax, static, out_size
         self.label_dtype = torch.uint8 if model.nc <= 256 else torch.int32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.model.forward_static(x) if self.static else self.model(x)
+        y = self.model.forward_static(x, self.out_size) if self.static else self.model(x, self.out_size)
         return y.argmax(1).to(self.label_dtype) if self.argmax else y
 
 
@@ -101,18 +106,21 @@ def onnx_metadata(ckpt: dict[str, Any], img_size: tuple[int, int], args: argpars
             "ignore_index": int(ckpt.get("ignore_index", 255)), "palette": ckpt.get("palette"),
             "img_size": list(img_size), "model": describe(ckpt["model_cfg"]), "dynamic": bool(args.dynamic),
             "argmax": bool(args.argmax), "opset": int(args.opset), "source": Path(args.weights).name,
+            "out_size": list(args.out_size) if args.out_size else None,
             "data": ckpt.get("data")}
 
 
 def export_onnx(model: nn.Module, path: Path, img_size: tuple[int, int], batch: int, dynamic: bool, opset: int,
-                argmax: bool, meta: dict[str, Any]) -> None:
+                argmax: bool, meta: dict[str, Any], out_size: tuple[int, int] | None = None) -> None:
     """Trace ``model`` (eval, fused) to ``path`` with our metadata; the TorchScript-based exporter because it
     keeps symbolic sizes (x.shape arithmetic) as graph ops, which the dynamic H/W export needs."""
     import onnx
 
+    if dynamic and out_size is not None:
+        raise ValueError("export_onnx: out_size needs a static graph (the resize to it branches on the input size)")
     if has_dcn(model):
         _register_dcn(opset)
-    module = ExportModule(model, argmax, static=not dynamic).eval()
+    module = ExportModule(model, argmax, static=not dynamic, out_size=out_size).eval()
     x = torch.rand(batch, 3, *img_size)
     axes = {"images": {0: "batch", 2: "height", 3: "width"},
             "output": {0: "batch", 1 + (not argmax): "height", 2 + (not argmax): "width"}} if dynamic else None
@@ -158,15 +166,21 @@ def logit_limit(largest: float) -> float:
 
 
 def verify(model: nn.Module, run_graph: Callable[[torch.Tensor], torch.Tensor], sizes: list[tuple[int, int]],
-           batch: int, argmax: bool, runs: int = 5) -> list[dict[str, Any]]:
-    """Compare the exported graph with PyTorch at each size; rows with diff, agreement and both latencies."""
+           batch: int, argmax: bool, runs: int = 5, out_size: tuple[int, int] | None = None) -> list[dict[str, Any]]:
+    """Compare the exported graph with PyTorch at each size (the logits at ``out_size`` when the graph has
+    one); rows with diff, agreement and both latencies."""
     rows = []
+    ask = (lambda t: model(t)) if out_size is None else (lambda t: model(t, out_size))
     for size in sizes:
         worst_diff, worst_agree, largest = 0.0, 1.0, 0.0
         for _, x in test_inputs(batch, size):
             with torch.no_grad():
-                ref = model(x)
+                ref = ask(x)
             out = run_graph(x)
+            if tuple(out.shape[-2:]) != tuple(ref.shape[-2:]):
+                raise UserError(f"export check failed at {size[0]}x{size[1]}: the graph returned {tuple(out.shape)}, "
+                                f"PyTorch {tuple(ref.shape)}; nothing was written. Please report this model config",
+                                exit_code=1)
             labels = out.long() if argmax else out.argmax(1)
             if not argmax:
                 worst_diff = max(worst_diff, float((out - ref).abs().max()))
@@ -174,7 +188,7 @@ def verify(model: nn.Module, run_graph: Callable[[torch.Tensor], torch.Tensor], 
             worst_agree = min(worst_agree, float((labels == ref.argmax(1)).float().mean()))
         x = test_inputs(batch, size)[1][1]
         with torch.inference_mode():
-            t_torch = _latency_ms(lambda: model(x.contiguous(memory_format=torch.channels_last)), runs)
+            t_torch = _latency_ms(lambda: ask(x.contiguous(memory_format=torch.channels_last)), runs)
         t_graph = _latency_ms(lambda: run_graph(x), runs)
         limit = logit_limit(largest)
         ok = worst_agree >= ARGMAX_AGREE and (argmax or worst_diff <= limit)
@@ -231,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic", action="store_true", help="dynamic batch, height and width")
     p.add_argument("--opset", type=int, default=None, help=f"ONNX opset (default 17; {DCN_OPSET} for C3_DCN models)")
     p.add_argument("--argmax", action="store_true", help="graph ends in argmax: uint8 [B, H, W] class ids")
+    p.add_argument("--out-size", type=int, nargs="+", default=None,
+                   help="H [W]: a static graph's logits (or --argmax ids) come out at this size, e.g. the images' "
+                        "own when --img-size is smaller: one resize from the head instead of two (default: the input size)")
     p.add_argument("--int8", action="store_true", help="also write <name>-int8.onnx (static quantization, needs --data)")
     p.add_argument("--data", default=None, help="dataset YAML for INT8 calibration (train) and scoring (val); "
                                                 "default: the checkpoint's")
@@ -255,6 +272,14 @@ def run(**kwargs: Any) -> dict[str, Any]:
         raise UserError(f"--batch-size {args.batch_size}: use at least 1")
     if args.format == "torchscript" and (args.int8 or args.opset):
         raise UserError("--int8 and --opset apply to --format onnx only")
+    out_size = parse_img_size(args.out_size, "--out-size") if args.out_size else None
+    if out_size and args.dynamic:
+        raise UserError("--out-size needs a static graph (a --dynamic one returns logits at its input size): "
+                        "leave out one of the two")
+    if out_size and args.format != "onnx":
+        raise UserError("--out-size applies to --format onnx (a static graph); a TorchScript file runs at any "
+                        "input size and returns logits at it")
+    args.out_size = out_size
     model, ckpt = load_model(args.weights, torch.device("cpu"), fuse=True)  # fused: BN/RepConv folded
     model.aux_head = None  # deep supervision only: not part of inference
     model.to(memory_format=torch.contiguous_format)
@@ -279,7 +304,8 @@ def run(**kwargs: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         if args.format == "onnx":
             meta = onnx_metadata(ckpt, img_size, args)
-            export_onnx(model, tmp_file, img_size, args.batch_size, args.dynamic, args.opset, args.argmax, meta)
+            export_onnx(model, tmp_file, img_size, args.batch_size, args.dynamic, args.opset, args.argmax, meta,
+                        out_size)
             backend = OnnxBackend(tmp_file, threads=threads)
             graph = backend.labels if args.argmax else backend
             label = "ORT"
@@ -298,10 +324,11 @@ def run(**kwargs: Any) -> dict[str, Any]:
             label = "TorchScript"
         print(f"Exported {describe(ckpt['model_cfg'])} to {args.format} in {time.perf_counter() - t0:.1f} s "
               f"(opset {args.opset}, {'dynamic' if args.dynamic else 'static'} {img_size[0]}x{img_size[1]}, "
-              f"batch {args.batch_size}{', argmax' if args.argmax else ''})" if args.format == "onnx" else
+              f"batch {args.batch_size}{', argmax' if args.argmax else ''}"
+              f"{f', output {out_size[0]}x{out_size[1]}' if out_size else ''})" if args.format == "onnx" else
               f"Exported {describe(ckpt['model_cfg'])} to TorchScript in {time.perf_counter() - t0:.1f} s")
         batch = args.batch_size if not args.dynamic else max(2, args.batch_size)
-        rows = verify(model, graph, sizes, batch if args.dynamic else args.batch_size, args.argmax)
+        rows = verify(model, graph, sizes, batch if args.dynamic else args.batch_size, args.argmax, out_size=out_size)
         print(format_rows(rows, label))
         result["verify"] = rows
         if not all(r["ok"] for r in rows):

@@ -6,13 +6,20 @@ the functions here, so there is exactly one copy of pre- and post-processing:
 * ``read_image`` / ``prepare``: the training decoder (utils/imageio.py: EXIF orientation applied, to
   RGB) and the evaluation resize (``utils.augment.val_transform``) to the model size;
 * ``infer_members``: forward passes of a backend, one per TTA member (scale x flip), each optionally
-  by sliding window, each returning logits at the size of its input;
-* ``combine``: members resized to an output size; one plain member stays logits, several (TTA) become
-  averaged probabilities. The argmax of either is the prediction.
+  by sliding window, each returning logits at the size of its input; with ``strided``, a lone
+  whole-image member of a PyTorch model comes as ``StridedLogits`` (the head's own stride);
+* ``combine``: members resized to an output size, image by image; one plain member stays logits, several
+  (TTA) become averaged probabilities. The argmax of either is the prediction. ``StridedLogits`` are
+  resized once, from the head's stride straight to each image's size, instead of to the model's input
+  size and then again (at a reduced input, e.g. 256x352 for 360x480 frames, the input-size logits are
+  never built); the result depends on the image alone, never on the batch it came in.
 
 A *backend* is any callable ``backend(x) -> logits`` with x float32 (N, 3, H, W) RGB in [0, 1] and
-logits (N, nc, H, W), plus ``meta`` (names, nc, ignore_index, palette, img_size, model) and
-``fixed_size`` ((H, W) when the graph only runs at one size, else None).
+logits (N, nc, h, w) covering the whole input, at its size or at the fixed output size of a graph
+exported with --out-size (combine resizes either); plus ``meta`` (names, nc, ignore_index, palette,
+img_size, model) and ``fixed_size`` ((H, W) when the graph only runs at one input size, else None).
+A backend with ``has_strided`` also offers ``strided(x) -> StridedLogits`` (TorchBackend over a
+SegmentationModel does).
 """
 from __future__ import annotations
 
@@ -27,13 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.model import SegmentationModel, describe
 from segment.common import load_model, preprocess
 from utils.augment import val_transform
 from utils.datasets import read_image
 from utils.errors import UserError
+from utils.torch_utils import unwrap
 
 __all__ = ["Backend", "TorchBackend", "InferenceConfig", "load_backend", "read_image", "prepare",
-           "infer_members", "combine", "predict_batch"]
+           "infer_members", "combine", "predict_batch", "StridedLogits"]
 
 
 class Backend(Protocol):
@@ -57,15 +66,43 @@ class TorchBackend:
         # a module without parameters (a stub, a fixed filter) runs where its buffers are, else on the CPU
         tensors = [*model.parameters(), *model.buffers()]
         self.device = tensors[0].device if tensors else torch.device("cpu")
+        # only a SegmentationModel hands out its strided logits with their geometry
+        bare = unwrap(model)
+        self._seg = bare if isinstance(bare, SegmentationModel) else None
+        self.has_strided = self._seg is not None
+
+    def _autocast(self) -> Any:
+        return torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda")
+
+    def strided(self, x: torch.Tensor) -> "StridedLogits":
+        """The head's logits at its stride with the input's geometry (see StridedLogits); needs has_strided."""
+        if self._seg is None:
+            raise TypeError(f"{type(self.model).__name__} is not a SegmentationModel: it has no strided logits")
+        with torch.no_grad(), self._autocast():
+            logits, geometry = self._seg.strided_logits(x)
+        return StridedLogits(logits.float(), geometry)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
+        with torch.no_grad(), self._autocast():
             out = self.model(x)
         if isinstance(out, dict):  # heads with auxiliary outputs: only the main logits are predictions
             out = out["out"]
         elif isinstance(out, (tuple, list)):
             out = out[0]
         return out.float()
+
+
+@dataclass(frozen=True)
+class StridedLogits:
+    """A batch's logits at the head's stride (N, nc, h/s, w/s) and the input's (h, w, padded h, padded w):
+    ``at(i, size)`` gives image i's logits (1, nc, H, W) at ``size`` with one resize where the input needed
+    no padding (SegmentationModel.resize_logits)."""
+
+    logits: torch.Tensor
+    geometry: tuple[int, int, int, int]
+
+    def at(self, i: int, size: Sequence[int]) -> torch.Tensor:
+        return SegmentationModel.resize_logits(self.logits[i:i + 1], self.geometry, (int(size[0]), int(size[1])))
 
 
 def as_backend(model: nn.Module | Backend, amp: bool = False) -> Backend:
@@ -88,8 +125,6 @@ def load_backend(weights: str | os.PathLike, device: torch.device, names: Sequen
     if suffix not in (".pt", ".pth") and not path.is_file():  # the checkpoint loader words its own
         raise UserError(f"{flag} {weights}: file not found")
     if suffix in (".pt", ".pth"):
-        from models.model import describe
-
         model, ckpt = load_model(path, device)
         nc = int(ckpt["model_cfg"]["nc"])
         meta = {"names": list(ckpt.get("names") or [str(i) for i in range(nc)]), "nc": nc,
@@ -174,6 +209,10 @@ def check_backend_config(backend: Backend, cfg: InferenceConfig, img_size: tuple
         what = "--slide" if cfg.slide is not None else "--tta"
         raise UserError(f"{what}: this ONNX graph was exported with --argmax and returns class ids, not logits, "
                         f"so there is nothing to blend; export without --argmax to use {what}")
+    out_size = (getattr(backend, "meta", None) or {}).get("out_size")
+    if out_size and cfg.slide is not None:
+        raise UserError(f"--slide: this graph returns its logits at {out_size[0]}x{out_size[1]} (exported with "
+                        f"--out-size), not at the window's size; export it without --out-size for sliding windows")
     fixed = backend.fixed_size
     if fixed is None:
         return
@@ -200,6 +239,8 @@ def prepare(image: np.ndarray, img_size: tuple[int, int] | None) -> torch.Tensor
 
 
 def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == (int(size[0]), int(size[1])):
+        return x  # already there (a backend that resized straight to the output size)
     return F.interpolate(x, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
 
 
@@ -243,9 +284,15 @@ def slide_logits(backend: Backend, x: torch.Tensor, window: tuple[int, int], ove
     return total / count
 
 
-def infer_members(backend: Backend, x: torch.Tensor, cfg: InferenceConfig) -> list[torch.Tensor]:
+def infer_members(backend: Backend, x: torch.Tensor, cfg: InferenceConfig,
+                  strided: bool = False) -> list[torch.Tensor | StridedLogits]:
     """One logits tensor per TTA member for the float [0, 1] batch ``x`` (already at the model size, or at
-    native size for sliding windows); each is at the size of its own (rescaled) input, un-flipped."""
+    native size for sliding windows); each is at the size of its own (rescaled) input, un-flipped. With
+    ``strided`` and a backend that offers it, a lone whole-image member is StridedLogits instead (what
+    evaluate and predict_batch ask for: combine resizes it once). TTA members stay at their input sizes:
+    a batch of them at every image's full size would multiply the memory of large images."""
+    if strided and not cfg.slide and not cfg.tta and getattr(backend, "has_strided", False):
+        return [backend.strided(x.contiguous(memory_format=torch.channels_last))]
     out = []
     base = cfg.slide_scale if cfg.slide else 1.0
     h, w = x.shape[-2:]
@@ -260,15 +307,20 @@ def infer_members(backend: Backend, x: torch.Tensor, cfg: InferenceConfig) -> li
     return out
 
 
-def combine(members: Sequence[torch.Tensor], i: int, size: Sequence[int], probs: bool = False) -> torch.Tensor:
+def _member_at(m: torch.Tensor | StridedLogits, i: int, size: Sequence[int]) -> torch.Tensor:
+    return m.at(i, size) if isinstance(m, StridedLogits) else _resize(m[i:i + 1].float(), size)
+
+
+def combine(members: Sequence[torch.Tensor | StridedLogits], i: int, size: Sequence[int],
+            probs: bool = False) -> torch.Tensor:
     """Scores (nc, H, W) of image ``i`` at output ``size``: logits for a single member unless ``probs``;
     the mean softmax over members otherwise. Every member is resized to ``size`` *before* the softmax,
     so a single member gives exactly the argmax of the plain path."""
     if len(members) == 1 and not probs:
-        return _resize(members[0][i:i + 1].float(), size)[0]
+        return _member_at(members[0], i, size)[0]
     acc = None
     for m in members:
-        p = _resize(m[i:i + 1].float(), size).softmax(1)[0]
+        p = _member_at(m, i, size).softmax(1)[0]
         acc = p if acc is None else acc + p
     assert acc is not None
     return acc / len(members)
@@ -278,5 +330,5 @@ def predict_batch(backend: Backend, images: torch.Tensor, sizes: Sequence[Sequen
                   device: torch.device, probs: bool = False) -> list[torch.Tensor]:
     """uint8 (N, 3, h, w) batch -> per image scores (nc, H_i, W_i) at ``sizes`` (the originals):
     logits, or probabilities with ``probs`` or TTA."""
-    members = infer_members(backend, preprocess(images, device), cfg)
+    members = infer_members(backend, preprocess(images, device), cfg, strided=True)
     return [combine(members, i, size, probs or cfg.tta) for i, size in enumerate(sizes)]

@@ -1,7 +1,8 @@
 """Run an exported .onnx (fp32 or INT8) with ONNX Runtime behind the same call as a PyTorch model.
 
 ``OnnxBackend(path)(x)`` takes float32 (N, 3, H, W) RGB in [0, 1] and returns float32 logits
-(N, nc, H, W), like ``SegmentationModel``; the inference path (decode, resize, slide/TTA, resize
+(N, nc, H, W), like ``SegmentationModel`` (at the size built into the graph when it was exported with
+--out-size; the inference path resizes them where they differ from the image); the inference path (decode, resize, slide/TTA, resize
 back, argmax) stays in one place and only swaps the forward. Everything a .pt would tell (names,
 palette, nc, ignore_index, img_size) comes from the metadata export.py stores in the file.
 """
