@@ -6,8 +6,8 @@ the functions here, so there is exactly one copy of pre- and post-processing:
 * ``read_image`` / ``prepare``: the training decoder (utils/imageio.py: EXIF orientation applied, to
   RGB) and the evaluation resize (``utils.augment.val_transform``) to the model size;
 * ``infer_members``: forward passes of a backend, one per TTA member (scale x flip), each optionally
-  by sliding window, each returning logits at the size of its input; with ``strided``, a lone
-  whole-image member of a PyTorch model comes as ``StridedLogits`` (the head's own stride);
+  by sliding window, each returning logits at the size of its input; with ``strided``, whole-image
+  members of a PyTorch model come as ``StridedLogits`` (the head's own stride);
 * ``combine``: members resized to an output size, image by image; one plain member stays logits, several
   (TTA) become averaged probabilities. The argmax of either is the prediction. ``StridedLogits`` are
   resized once, from the head's stride straight to each image's size, instead of to the model's input
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -96,13 +96,16 @@ class TorchBackend:
 class StridedLogits:
     """A batch's logits at the head's stride (N, nc, h/s, w/s) and the input's (h, w, padded h, padded w):
     ``at(i, size)`` gives image i's logits (1, nc, H, W) at ``size`` with one resize where the input needed
-    no padding (SegmentationModel.resize_logits)."""
+    no padding (SegmentationModel.resize_logits). ``flipped``: the input was mirrored (a TTA member); the
+    logits are mirrored back after the resize, since the padding sits on the right of the mirrored input."""
 
     logits: torch.Tensor
     geometry: tuple[int, int, int, int]
+    flipped: bool = False
 
     def at(self, i: int, size: Sequence[int]) -> torch.Tensor:
-        return SegmentationModel.resize_logits(self.logits[i:i + 1], self.geometry, (int(size[0]), int(size[1])))
+        out = SegmentationModel.resize_logits(self.logits[i:i + 1], self.geometry, (int(size[0]), int(size[1])))
+        return out.flip(-1) if self.flipped else out
 
 
 def as_backend(model: nn.Module | Backend, amp: bool = False) -> Backend:
@@ -210,7 +213,7 @@ def check_backend_config(backend: Backend, cfg: InferenceConfig, img_size: tuple
         raise UserError(f"{what}: this ONNX graph was exported with --argmax and returns class ids, not logits, "
                         f"so there is nothing to blend; export without --argmax to use {what}")
     out_size = (getattr(backend, "meta", None) or {}).get("out_size")
-    if out_size and cfg.slide is not None:
+    if out_size and cfg.slide is not None and tuple(out_size) != tuple(backend.fixed_size or ()):
         raise UserError(f"--slide: this graph returns its logits at {out_size[0]}x{out_size[1]} (exported with "
                         f"--out-size), not at the window's size; export it without --out-size for sliding windows")
     fixed = backend.fixed_size
@@ -274,6 +277,9 @@ def slide_logits(backend: Backend, x: torch.Tensor, window: tuple[int, int], ove
         crops = [x[img, :, y:y + wh, x0:x0 + ww] for y, x0 in boxes]
         for k in range(0, len(crops), window_batch):
             logits = backend(torch.stack(crops[k:k + window_batch]).contiguous(memory_format=torch.channels_last))
+            if tuple(logits.shape[-2:]) != (wh, ww):
+                raise UserError(f"--slide: the model returned {logits.shape[-2]}x{logits.shape[-1]} logits for a "
+                                f"{wh}x{ww} window; sliding windows need logits at the window's size")
             if total is None:
                 total = torch.zeros(n, logits.shape[1], h, w, device=x.device)
             for j, (y, x0) in enumerate(boxes[k:k + window_batch]):
@@ -288,12 +294,11 @@ def infer_members(backend: Backend, x: torch.Tensor, cfg: InferenceConfig,
                   strided: bool = False) -> list[torch.Tensor | StridedLogits]:
     """One logits tensor per TTA member for the float [0, 1] batch ``x`` (already at the model size, or at
     native size for sliding windows); each is at the size of its own (rescaled) input, un-flipped. With
-    ``strided`` and a backend that offers it, a lone whole-image member is StridedLogits instead (what
-    evaluate and predict_batch ask for: combine resizes it once). TTA members stay at their input sizes:
-    a batch of them at every image's full size would multiply the memory of large images."""
-    if strided and not cfg.slide and not cfg.tta and getattr(backend, "has_strided", False):
-        return [backend.strided(x.contiguous(memory_format=torch.channels_last))]
-    out = []
+    ``strided`` and a backend that offers it, whole-image members are StridedLogits instead (what evaluate
+    and predict_batch ask for: combine resizes each once, image by image, so TTA's scale-1.0 member is
+    exactly the plain prediction). Sliding windows are stitched at the input size."""
+    sized = strided and not cfg.slide and getattr(backend, "has_strided", False)
+    out: list[torch.Tensor | StridedLogits] = []
     base = cfg.slide_scale if cfg.slide else 1.0
     h, w = x.shape[-2:]
     for scale, flipped in cfg.members():
@@ -302,6 +307,9 @@ def infer_members(backend: Backend, x: torch.Tensor, cfg: InferenceConfig,
         if flipped:
             xs = xs.flip(-1)
         xs = xs.contiguous(memory_format=torch.channels_last)
+        if sized:
+            out.append(replace(backend.strided(xs), flipped=flipped))
+            continue
         logits = slide_logits(backend, xs, cfg.slide, cfg.overlap, cfg.window_batch) if cfg.slide else backend(xs)
         out.append(logits.flip(-1) if flipped else logits)
     return out

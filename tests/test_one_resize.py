@@ -1,6 +1,7 @@
 """Logits resized once, from the head's stride straight to the image's size: the model, the inference path
 (val, predict), export --out-size and the ONNX backend."""
 import json
+from dataclasses import replace
 
 import onnx
 import pytest
@@ -74,7 +75,7 @@ def test_an_output_size_is_refused_in_training():
         m(torch.rand(2, 3, 64, 96), (90, 120))
 
 
-def test_strided_member_is_resized_once_per_image_whatever_the_batch(model):
+def test_strided_members_are_resized_once_per_image(model):
     x = torch.rand(3, 3, 64, 96).contiguous(memory_format=torch.channels_last)  # as infer_members runs it
     b = TorchBackend(model)
     [m] = infer_members(b, x, InferenceConfig(), strided=True)
@@ -82,22 +83,30 @@ def test_strided_member_is_resized_once_per_image_whatever_the_batch(model):
     with torch.no_grad():
         ref = model(x, (90, 120))
     assert torch.equal(combine([m], 1, (90, 120)), ref[1])
-    # image 2 alone, or in a batch with other images and other output sizes: the same logits
-    [alone] = infer_members(b, x[2:], InferenceConfig(), strided=True)
+    # each image from its own strided logits: its neighbours and their output sizes play no part
+    alone = StridedLogits(m.logits[2:].clone(), m.geometry)
     assert torch.equal(combine([m], 2, (50, 60)), combine([alone], 0, (50, 60)))
-    assert torch.equal(combine([m], 2, (90, 120)), ref[2])
+    assert torch.equal(combine([m], 2, (50, 60)),
+                       F.interpolate(m.logits[2:], size=(50, 60), mode="bilinear", align_corners=False)[0])
     # probabilities of a lone member are the softmax of its logits
     assert torch.allclose(combine([m], 0, (90, 120), probs=True), ref[0].softmax(0), atol=1e-6)
-    # TTA and sliding windows keep members at their input sizes (a batch of full-size members would
-    # multiply the memory of large images); so does a module that is not a SegmentationModel
+    # TTA: members are strided too, the flipped one mirrored back after its resize; scale 1.0 without a flip
+    # is exactly the plain prediction
     tta = infer_members(b, x, InferenceConfig(tta=True, scales=(1.0,), flip=True), strided=True)
-    assert [t.shape[-2:] for t in tta] == [(64, 96)] * 2
+    assert [t.flipped for t in tta] == [False, True] and torch.equal(tta[0].logits, m.logits)
+    with torch.no_grad():
+        mirrored = model(x.flip(-1).contiguous(memory_format=torch.channels_last), (90, 120)).flip(-1)
+    assert torch.equal(tta[1].at(1, (90, 120)), mirrored[1:2])
+    plain_tta = infer_members(b, x, InferenceConfig(tta=True, scales=(1.0,), flip=False), strided=True)
+    assert torch.equal(combine(plain_tta, 0, (90, 120), probs=True).argmax(0), ref[0].argmax(0))
+    # sliding windows are stitched at the input size; a module that is not a SegmentationModel, or a
+    # backend callable as p(x) only, gives input-size logits, which combine resizes
     [slid] = infer_members(b, x, InferenceConfig(slide=(64, 64)), strided=True)
     assert slid.shape[-2:] == (64, 96)
     conv = TorchBackend(torch.nn.Conv2d(3, 4, 1))
     [plain] = infer_members(conv, x, InferenceConfig(), strided=True)
     assert not conv.has_strided and plain.shape[-2:] == (64, 96)
-    [pw] = infer_members(Pointwise(), x, InferenceConfig(), strided=True)  # a backend callable as p(x) only
+    [pw] = infer_members(Pointwise(), x, InferenceConfig(), strided=True)
     assert torch.equal(combine([pw], 0, (90, 120)),
                        F.interpolate(pw[:1], size=(90, 120), mode="bilinear", align_corners=False)[0])
 
@@ -109,39 +118,56 @@ def test_padded_strided_member_is_cropped_first(model):
     with torch.no_grad():
         ref = F.interpolate(model(x), size=(50, 70), mode="bilinear", align_corners=False)
     assert torch.equal(combine([m], 1, (50, 70)), ref[1])
+    # mirrored: the padding is on the right of the mirrored input, so the mirror comes after the crop
+    with torch.no_grad():
+        xf = x.flip(-1).contiguous(memory_format=torch.channels_last)
+        mirrored = F.interpolate(model(xf), size=(50, 70), mode="bilinear", align_corners=False).flip(-1)
+        flipped = replace(TorchBackend(model).strided(xf), flipped=True)
+    assert torch.equal(flipped.at(1, (50, 70)), mirrored[1:2])
 
 
-def test_predict_batch_of_mixed_sizes_equals_each_image_alone(model):
+def test_predict_batch_of_mixed_sizes_resizes_each_image_to_its_own(model):
     images = (torch.rand(3, 3, 64, 96) * 255).to(torch.uint8)
     b = TorchBackend(model)
     sizes = [(90, 120), (50, 60), (90, 120)]
     batch = predict_batch(b, images, sizes, InferenceConfig(), torch.device("cpu"))
-    for i, size in enumerate(sizes):
-        [alone] = predict_batch(b, images[i:i + 1], [size], InferenceConfig(), torch.device("cpu"))
-        assert torch.equal(batch[i], alone)
     x = preprocess(images, torch.device("cpu")).contiguous(memory_format=torch.channels_last)
+    s = b.strided(x)
+    for i, size in enumerate(sizes):
+        one = F.interpolate(s.logits[i:i + 1], size=size, mode="bilinear", align_corners=False)[0]
+        assert torch.equal(batch[i], one)
     with torch.no_grad():
-        assert torch.equal(batch[0], model(x, (90, 120))[0])
         twice = F.interpolate(model(x), size=(90, 120), mode="bilinear", align_corners=False)
     assert not torch.equal(batch[0], twice[0])  # really one resize, not the former two
 
 
 def test_evaluate_scores_the_one_resize_prediction(tmp_path):
-    """val at a reduced input size: the confusion matrix is that of argmax(model(x, mask size)), built by hand."""
+    """val at a reduced input size: the confusion matrix and the loss are those of model(x, mask size), built
+    by hand; the loss (a function of the logits, not only of their argmax) tells the former path apart."""
     data = load_data_config(write_dataset(tmp_path / "d", {"val": 3}, hw=(40, 56)))
     weights = make_checkpoint(tmp_path / "m.pt", None)
     m = export.load_model(weights, torch.device("cpu"))[0].eval()
     loader = eval_loader(data, "val", (32, 64), 2, 0, log=lambda *a: None)
-    res = evaluate(m, loader, data, torch.device("cpu"), progress=False)
+
+    def ce(scores, target):
+        return F.cross_entropy(scores, target, ignore_index=255), None
+
+    res = evaluate(m, loader, data, torch.device("cpu"), loss_fn=ce, progress=False)
     cm = torch.zeros(3, 3, dtype=torch.long)
+    losses, former = [], []
     for images, masks, _ in loader:
         x = preprocess(images, torch.device("cpu")).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            pred = m(x, (40, 56)).argmax(1)
-        for p_, t in zip(pred, masks):
+            logits = m(x, (40, 56))
+            two = F.interpolate(m(x), size=(40, 56), mode="bilinear", align_corners=False)
+        for k, t in enumerate(masks):
             keep = t != 255
-            cm += torch.bincount(t[keep] * 3 + p_[keep], minlength=9).view(3, 3)
+            cm += torch.bincount(t[keep] * 3 + logits[k].argmax(0)[keep], minlength=9).view(3, 3)
+            losses.append(float(ce(logits[k:k + 1], t[None])[0]))
+            former.append(float(ce(two[k:k + 1], t[None])[0]))
     assert torch.equal(res.confusion.long(), cm) and res.num_images == 3
+    assert res.loss == pytest.approx(sum(losses) / 3, rel=1e-5)
+    assert abs(sum(former) / 3 - res.loss) > 1e-5 * abs(res.loss)
 
 
 def test_export_out_size_graph_returns_the_images_size_and_scores_like_the_pt(tmp_path):
@@ -204,8 +230,10 @@ def test_peer_speed_times_our_reduced_size_with_one_logit_resize(model, tmp_path
     with torch.no_grad():
         assert torch.equal(once(x), model(small, (40, 56)))
         assert torch.equal(twice(x), F.interpolate(model(small), size=(40, 56), mode="bilinear", align_corners=False))
-    resizes = []
+    ops = []
     for name, net in (("once", once), ("twice", twice)):
         export_plain(net, tmp_path / f"{name}.onnx", (40, 56), 17)
-        resizes.append(sum(n.op_type == "Resize" for n in onnx.load(str(tmp_path / f"{name}.onnx")).graph.node))
-    assert resizes[1] == resizes[0] + 1, resizes
+        ops.append([n.op_type for n in onnx.load(str(tmp_path / f"{name}.onnx")).graph.node])
+    assert ops[1].count("Resize") == ops[0].count("Resize") + 1, ops
+    # traced as static exports are (forward_static): at 32x64, a multiple of the stride, no pad in either
+    assert ops[0].count("Pad") == ops[1].count("Pad") == 0, ops
