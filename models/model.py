@@ -76,13 +76,17 @@ class SegmentationModel(nn.Module):
         each straight to its own size, without holding a batch of full-size logits."""
         h, w = x.shape[-2:]
         x = self._pad(x)
-        out = self.head(self.backbone(x))
-        out = out["out"] if isinstance(out, dict) else out
-        return out, (int(h), int(w), int(x.shape[-2]), int(x.shape[-1]))
+        return self._heads(x)[1]["out"], (int(h), int(w), int(x.shape[-2]), int(x.shape[-1]))
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         return F.pad((x - self.mean) / self.std, (0, (-w) % self.stride, 0, (-h) % self.stride))
+
+    def _heads(self, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Backbone features and the head's outputs as a dict ("out" = the main logits), at the head's stride."""
+        features = self.backbone(x)
+        head_out = self.head(features)
+        return features, dict(head_out) if isinstance(head_out, dict) else {"out": head_out}
 
     def _logits(self, x: torch.Tensor, h: int, w: int, crop: bool, size: tuple[int, int] | None = None
                 ) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -90,9 +94,7 @@ class SegmentationModel(nn.Module):
         the main logits to ``size``."""
         if size is not None and self.training:
             raise ValueError("SegmentationModel: an output size is for inference (eval mode) only")
-        features = self.backbone(x)
-        head_out = self.head(features)
-        outputs = dict(head_out) if isinstance(head_out, dict) else {"out": head_out}
+        features, outputs = self._heads(x)
         hp, wp = x.shape[-2:]
         out = self.resize_logits(outputs.pop("out"), (h, w, hp, wp), size, crop)
         if not self.training:
@@ -116,13 +118,16 @@ class SegmentationModel(nn.Module):
         knows there is no padding (a static graph), so no crop is traced.
         """
         h, w, hp, wp = geometry
-        if size is not None and (int(size[0]), int(size[1])) != (h, w) and (hp, wp) == (h, w):
-            return F.interpolate(logits, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+        target = None if size is None else (int(size[0]), int(size[1]))
+        if target == (h, w):
+            target = None  # the input size: the plain path
+        if target is not None and (hp, wp) == (h, w):
+            return F.interpolate(logits, size=target, mode="bilinear", align_corners=False)
         # unconditional for the same reason as the pad (every head's out_stride is > 1 anyway)
         logits = F.interpolate(logits, size=(hp, wp), mode="bilinear", align_corners=False)
         logits = logits[..., :h, :w] if crop else logits
-        if size is not None and (int(size[0]), int(size[1])) != (h, w):
-            logits = F.interpolate(logits, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+        if target is not None:
+            logits = F.interpolate(logits, size=target, mode="bilinear", align_corners=False)
         return logits
 
     def fuse(self) -> "SegmentationModel":
