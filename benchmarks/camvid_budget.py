@@ -10,8 +10,11 @@ Protocol (issue 12): the budget is the whole training command's wall time (data 
 validation, wrap-up), set with --time; the checkpoint is chosen on val; test is scored afterwards, outside
 the budget, single scale, with the metrics at the native 360x480: each image goes in at the model's own
 input size (its checkpoint's img_size, 360x480 for the main recipe, 288x384 for camvid_yolov8n_fast.py) and
-its logits are resized back, as in val.py and predict.py. The latency columns time the model at that input
-size (rows before 2026-12-03 evening were all 360x480 models).
+its logits are resized back, as in val.py and predict.py. The latency columns time what a user of the row's
+model pays per 360x480 frame: from the 360x480 image to 360x480 logits, a model with a smaller input size
+timed with the image resized to it and its logits resized once back to the frame's size (the engine's path,
+and a static export with --out-size 360 480). Rows timed before 2026-12-07 evening timed such a model at its
+own input size without either resize; the table marks them.
 
 Usage:
     python benchmarks/camvid_budget.py --minutes 60                       # the headline row
@@ -115,47 +118,68 @@ def training_figures(run: Path, best_epoch: int) -> dict[str, Any]:
     return {"epochs": len(rows), "val_mIoU": val[0], "img_per_s": statistics.median(speeds) if speeds else float("nan")}
 
 
-def latencies(weights: Path, threads: int, onnx: bool, size: tuple[int, int] = (360, 480)) -> dict[str, float]:
-    """Inference ms/image at batch 1: the fused PyTorch model and, with onnx, ONNX Runtime (fp32)."""
+FRAME = (360, 480)  # CamVid's frames: every latency is the frame in, logits at its size out
+
+
+def latencies(weights: Path, threads: int, onnx: bool, size: tuple[int, int] = FRAME) -> dict[str, Any]:
+    """Inference ms per 360x480 frame at batch 1, from the image to logits at its size: the fused PyTorch
+    model and, with onnx, ONNX Runtime (fp32). A model whose input ``size`` is smaller gets the image resized
+    to it and its logits resized once back to the frame, both inside the timed call (the PyTorch path runs
+    ``model(small, frame)`` as segment/inference.py does; the ONNX graph is an export with --out-size)."""
     import torch
 
+    from benchmarks.peer_speed import Rescaled
     from segment.benchmark import cpu_latency_ms
     from segment.common import load_model
 
     torch.set_num_threads(threads)
     model, _ = load_model(weights, torch.device("cpu"), fuse=True)
     model.aux_head = None
-    out = {"torch_ms": cpu_latency_ms(model, size, runs=20, warmup=3, passes=3)}
+    net = model if tuple(size) == FRAME else Rescaled(model, tuple(size))
+    out: dict[str, Any] = {"torch_ms": cpu_latency_ms(net, FRAME, runs=20, warmup=3, passes=3),
+                           "timed": f"{FRAME[0]}x{FRAME[1]} image -> {FRAME[0]}x{FRAME[1]} logits"}
     if onnx:
         try:
-            out["ort_ms"] = _ort_ms(weights, threads, size)
+            out["ort_ms"] = _ort_ms(weights, threads, tuple(size))
         except Exception as e:  # an optional column: never the loss of a training hour
             print(f"warning: no ONNX Runtime latency ({type(e).__name__}: {e})", flush=True)
     return out
 
 
 def _ort_ms(weights: Path, threads: int, size: tuple[int, int]) -> float:
-    """ONNX Runtime fp32 ms/image at batch 1 (best of 3 medians of 20) of a fresh static export."""
+    """ONNX Runtime fp32 ms per frame at batch 1 (best of 3 medians of 20) of a fresh static export at
+    ``size``; a smaller size is exported with --out-size to the frame, and the image's resize to ``size`` is
+    timed with the call."""
     import tempfile
 
     import torch
+    import torch.nn.functional as F
 
     from segment import export
     from segment.onnx_backend import OnnxBackend
 
+    rescale = tuple(size) != FRAME
     with tempfile.TemporaryDirectory() as tmp:
         dst = Path(tmp) / "model.onnx"
-        export.run(weights=weights, img_size=list(size), output=str(dst), threads=threads, exist_ok=True)
+        export.run(weights=weights, img_size=list(size), output=str(dst), threads=threads, exist_ok=True,
+                   out_size=list(FRAME) if rescale else None)
         backend = OnnxBackend(dst, threads=threads)
-        x = torch.rand(1, 3, *size)
-        for _ in range(3):
-            backend(x)
+        x = torch.rand(1, 3, *FRAME)
+
+        def call() -> torch.Tensor:
+            small = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if rescale else x
+            return backend(small)
+
+        if tuple(call().shape[-2:]) != FRAME:
+            raise RuntimeError(f"the export at {size} returned logits of another size than the frame's")
+        for _ in range(2):
+            call()
         best = []
         for _ in range(3):
             times = []
             for _ in range(20):
                 t0 = time.perf_counter()
-                backend(x)
+                call()
                 times.append((time.perf_counter() - t0) * 1e3)
             best.append(statistics.median(times))
         return min(best)
@@ -231,9 +255,14 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
                 "PyTorch ms/img | ORT ms/img | peak RSS (GiB) | date, CPU, commit |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in runs:
+            mark = "*" if _untimed_resizes(r) else ""
             out.append(f"| {r['label']} | {r['minutes']:g} | {r['seed']} | {_test_cell(r)} | "
                        f"{100 * r['val_mIoU']:.1f} | {r['epochs']} | {r['img_per_s']:.1f} | {r['wall_s'] / 60:.1f} | "
-                       f"{r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | {_stamp(r)} |")
+                       f"{_ms(r['torch_ms'], mark)} | {_ms(r.get('ort_ms'), mark)} | {r['peak_rss_gib']:.2f} | {_stamp(r)} |")
+        if any(_untimed_resizes(r) for r in runs):
+            out += ["", "ms/img: from the 360x480 frame to 360x480 logits, every resize included; * = timed at the "
+                    "model's own smaller input size without the frame's resize to it and the logits' back (rows "
+                    "timed before 2026-12-07 evening)."]
     if heads:
         out += [""] if out else []
         out += ["Heads at one budget (benchmarks/camvid_heads.py: the recipe with only `--head` "
@@ -244,7 +273,7 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
         for r in heads:
             out.append(f"| {r['label']} | {r.get('params', float('nan')) / 1e6:.2f} | {r.get('gflops', float('nan')):.2f} | "
                        f"{_test_cell(r)} | {100 * r['val_mIoU']:.1f} | {r['epochs']} | "
-                       f"{r['img_per_s']:.1f} | {r['torch_ms']:.1f} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | "
+                       f"{r['img_per_s']:.1f} | {_ms(r['torch_ms'])} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | "
                        f"{_stamp(r)} |")
     out += ["", "Test IoU per class (%):", "",
             "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -263,8 +292,14 @@ def _stamp(r: dict[str, Any]) -> str:
     return f"{r['date']}, {cpu}, {r.get('commit', '?')}"
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+def _ms(value: float | None, mark: str = "") -> str:
+    return "-" if value is None else f"{value:.1f}{mark}"
+
+
+def _untimed_resizes(r: dict[str, Any]) -> bool:
+    """A row timed before the latency columns became frame in, logits out (no ``timed``) whose model ran at
+    another input size than the frame's: its figures leave out the two resizes."""
+    return "timed" not in r and tuple(r.get("infer_size") or FRAME) != FRAME
 
 
 def merge(store: Path, out: Path, row: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -55,7 +55,7 @@ def test_retime_replaces_only_the_latency_columns_of_a_stored_row(tmp_path, monk
     camvid_budget.merge(store, out, _row("15 min, seed 0", 15, 0.4501))
     seen = []
     monkeypatch.setattr(camvid_budget, "latencies", lambda w, threads, onnx, size: seen.append((w, threads, onnx, size))
-                        or {"torch_ms": 21.5, "ort_ms": 9.75})
+                        or {"torch_ms": 21.5, "ort_ms": 9.75, "timed": "360x480 image -> 360x480 logits"})
     args = ["--retime", "60 min, seed 0", "--store", str(store), "--out", str(out)]
     camvid_budget._main(args)
     assert seen == [(run / "weights" / "best.pt", 2, True, (288, 384))]
@@ -63,12 +63,12 @@ def test_retime_replaces_only_the_latency_columns_of_a_stored_row(tmp_path, monk
     new = rows["60 min, seed 0"]
     assert new["torch_ms"] == 21.5 and new["ort_ms"] == 9.75
     assert new["retimed"]["before"] == {"torch_ms": 14.0, "ort_ms": 17.7}
-    assert {k: v for k, v in new.items() if k not in ("torch_ms", "ort_ms", "retimed")} == \
+    assert {k: v for k, v in new.items() if k not in ("torch_ms", "ort_ms", "retimed", "timed")} == \
         {k: v for k, v in row.items() if k not in ("torch_ms", "ort_ms")}
     assert rows["15 min, seed 0"] == _row("15 min, seed 0", 15, 0.4501)
     assert "| 60 min, seed 0 | 60 | 0 | **54.1** | 60.0 | 12 | 9.5 | 60.0 | 21.5 | 9.8 |" in out.read_text()
     # timed again without ONNX: the ORT cell empties (not the figure being replaced), the first timing stays
-    monkeypatch.setattr(camvid_budget, "latencies", lambda w, threads, onnx, size: {"torch_ms": 30.0})
+    monkeypatch.setattr(camvid_budget, "latencies", lambda w, threads, onnx, size: {"torch_ms": 30.0, "timed": "t"})
     camvid_budget._main(args + ["--no-onnx"])
     again = json.loads(store.read_text())["60 min, seed 0"]
     assert again["torch_ms"] == 30.0 and again["ort_ms"] is None
@@ -80,6 +80,53 @@ def test_retime_replaces_only_the_latency_columns_of_a_stored_row(tmp_path, monk
         camvid_budget._main(["--store", str(store)])
     with pytest.raises(SystemExit):  # recipe flags would not apply to a stored checkpoint
         camvid_budget._main(args + ["--", "--head", "lraspp"])
+
+
+def test_latency_columns_time_the_frame_in_and_logits_at_its_size_out(tmp_path, monkeypatch):
+    """A model with a smaller input size is timed from the frame to logits at the frame's size: the image
+    resized to its input, the logits resized once back (PyTorch), and an --out-size export (ONNX Runtime)."""
+    import torch.nn.functional as F
+
+    from models.model import SegmentationModel
+    from segment import benchmark
+    from tests.test_predict import make_checkpoint
+
+    monkeypatch.setattr(camvid_budget, "FRAME", (40, 56))  # a stand-in for 360x480, to keep the test small
+    weights = make_checkpoint(tmp_path / "best.pt", None, img_size=(32, 32))
+    timed, real = [], benchmark.cpu_latency_ms
+    monkeypatch.setattr(benchmark, "cpu_latency_ms", lambda net, size, **kw: timed.append((net, size)) or real(net, size, **kw))
+    out = camvid_budget.latencies(weights, 1, True, (32, 32))
+    assert out["torch_ms"] > 0 and out["ort_ms"] > 0 and out["timed"] == "40x56 image -> 40x56 logits"
+    (net, size), = timed
+    assert size == (40, 56)
+    model = net.net  # the checkpoint's model, fused as latencies() loads it
+    assert isinstance(model, SegmentationModel) and not model.training
+    x = torch.rand(1, 3, 40, 56)
+    with torch.no_grad():
+        y = net(x)
+        assert y.shape == (1, 3, 40, 56)
+        torch.testing.assert_close(y, model(F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False), (40, 56)))
+    # a model at the frame's own size is timed as it is, no resize around it
+    timed.clear()
+    plain = make_checkpoint(tmp_path / "plain.pt", None, img_size=(40, 56))
+    assert "ort_ms" in camvid_budget.latencies(plain, 1, True, (40, 56))
+    assert isinstance(timed[0][0], SegmentationModel) and timed[0][1] == (40, 56)
+
+
+def test_rows_timed_without_the_resizes_are_marked(tmp_path):
+    """Rows from before the latency columns became frame in, logits out keep their figures, marked, when
+    their model ran at a smaller size; a 360x480 model's figures were that already."""
+    store, out = tmp_path / "rows.json", tmp_path / "BENCHMARKS.md"
+    camvid_budget.merge(store, out, {**_row("15 min, fast", 15, 0.45), "infer_size": [288, 384], "ort_ms": 18.69})
+    camvid_budget.merge(store, out, {**_row("60 min, main", 60, 0.55), "infer_size": [360, 480]})
+    text = out.read_text()
+    assert "| 15 min, fast | 15 | 0 | **45.0** | 60.0 | 12 | 9.5 | 15.0 | 14.0* | 18.7* |" in text
+    assert "| 60 min, main | 60 | 0 | **55.0** | 60.0 | 12 | 9.5 | 60.0 | 14.0 | - |" in text and "* = timed at" in text
+    timed = {**_row("15 min, fast", 15, 0.45), "infer_size": [288, 384], "ort_ms": 12.0,
+             "timed": "360x480 image -> 360x480 logits"}
+    camvid_budget.merge(store, out, timed)
+    text = out.read_text()
+    assert "| 15 min, fast | 15 | 0 | **45.0** | 60.0 | 12 | 9.5 | 15.0 | 14.0 | 12.0 |" in text and "* = timed at" not in text
 
 
 def test_a_row_calls_its_code_dirty_only_for_changes_other_than_its_own_outputs(tmp_path, monkeypatch):
