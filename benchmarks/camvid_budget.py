@@ -150,6 +150,21 @@ def _ort_ms(weights: Path, threads: int, size: tuple[int, int]) -> float:
     """ONNX Runtime fp32 ms per frame at batch 1 (best of 3 medians of 20) of a fresh static export at
     ``size``; a smaller size is exported with --out-size to the frame, and the image's resize to ``size`` is
     timed with the call."""
+    import torch
+
+    rescale = tuple(size) != FRAME
+    # The frame's resize runs on one torch thread: torch's pool and ORT's, interleaved call by call on two cores,
+    # contend (a 256x352 graph: 11-14 ms alone, 19-24 ms with a 2-thread torch resize between calls, 15.5 with
+    # a 1-thread one; 2026-12-07, BENCHMARKS.md), and the column is the model's cost, not that artefact's.
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _ort_timed(weights, threads, tuple(size), rescale)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def _ort_timed(weights: Path, threads: int, size: tuple[int, int], rescale: bool) -> float:
     import tempfile
 
     import torch
@@ -158,7 +173,6 @@ def _ort_ms(weights: Path, threads: int, size: tuple[int, int]) -> float:
     from segment import export
     from segment.onnx_backend import OnnxBackend
 
-    rescale = tuple(size) != FRAME
     with tempfile.TemporaryDirectory() as tmp:
         dst = Path(tmp) / "model.onnx"
         export.run(weights=weights, img_size=list(size), output=str(dst), threads=threads, exist_ok=True,
