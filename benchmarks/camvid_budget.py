@@ -154,7 +154,7 @@ def _ort_ms(weights: Path, threads: int, size: tuple[int, int]) -> float:
 
     rescale = tuple(size) != FRAME
     # The frame's resize runs on one torch thread: torch's pool and ORT's, interleaved call by call on two cores,
-    # contend (a 256x352 graph: 11-14 ms alone, 19-24 ms with a 2-thread torch resize between calls, 15.5 with
+    # contend (a 256x352 graph: 11-14 ms alone, 20-21 ms with a 2-thread torch resize between calls, 15.5 with
     # a 1-thread one; 2026-12-07, BENCHMARKS.md), and the column is the model's cost, not that artefact's.
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
