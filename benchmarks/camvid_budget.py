@@ -132,15 +132,16 @@ def latencies(weights: Path, threads: int, onnx: bool, size: tuple[int, int] = F
     from segment.benchmark import cpu_latency_ms
     from segment.common import load_model
 
+    size = (int(size[0]), int(size[1]))  # a JSON list from a stored row compares unequal to the tuple
     torch.set_num_threads(threads)
     model, _ = load_model(weights, torch.device("cpu"), fuse=True)
     model.aux_head = None
-    net = model if tuple(size) == FRAME else Rescaled(model, tuple(size))
+    net = model if size == FRAME else Rescaled(model, size)
     out: dict[str, Any] = {"torch_ms": cpu_latency_ms(net, FRAME, runs=20, warmup=3, passes=3),
                            "timed": f"{FRAME[0]}x{FRAME[1]} image -> {FRAME[0]}x{FRAME[1]} logits"}
     if onnx:
         try:
-            out["ort_ms"] = _ort_ms(weights, threads, tuple(size))
+            out["ort_ms"] = _ort_ms(weights, threads, size)
         except Exception as e:  # an optional column: never the loss of a training hour
             print(f"warning: no ONNX Runtime latency ({type(e).__name__}: {e})", flush=True)
     return out
@@ -150,53 +151,38 @@ def _ort_ms(weights: Path, threads: int, size: tuple[int, int]) -> float:
     """ONNX Runtime fp32 ms per frame at batch 1 (best of 3 medians of 20) of a fresh static export at
     ``size``; a smaller size is exported with --out-size to the frame, and the image's resize to ``size`` is
     timed with the call."""
-    import torch
-
-    rescale = tuple(size) != FRAME
-    # The frame's resize runs on one torch thread: torch's pool and ORT's, interleaved call by call on two cores,
-    # contend (a 256x352 graph: 11-14 ms alone, 20-21 ms with a 2-thread torch resize between calls, 15.5 with
-    # a 1-thread one; 2026-12-07, BENCHMARKS.md), and the column is the model's cost, not that artefact's.
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _ort_timed(weights, threads, tuple(size), rescale)
-    finally:
-        torch.set_num_threads(torch_threads)
-
-
-def _ort_timed(weights: Path, threads: int, size: tuple[int, int], rescale: bool) -> float:
     import tempfile
 
     import torch
     import torch.nn.functional as F
 
     from segment import export
+    from segment.benchmark import best_median_ms
     from segment.onnx_backend import OnnxBackend
 
-    with tempfile.TemporaryDirectory() as tmp:
-        dst = Path(tmp) / "model.onnx"
-        export.run(weights=weights, img_size=list(size), output=str(dst), threads=threads, exist_ok=True,
-                   out_size=list(FRAME) if rescale else None)
-        backend = OnnxBackend(dst, threads=threads)
-        x = torch.rand(1, 3, *FRAME)
+    rescale = size != FRAME
+    x = torch.rand(1, 3, *FRAME)
+    # The frame's resize runs on one torch thread: torch's pool and ORT's, interleaved call by call on two cores,
+    # contend (a 256x352 graph: 11-14 ms alone, 20-21 ms with a 2-thread torch resize between calls, 15.5 with
+    # a 1-thread one; 2026-12-07, BENCHMARKS.md), and the column is the model's cost, not that artefact's.
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            dst = Path(tmp) / "model.onnx"
+            export.run(weights=weights, img_size=list(size), output=str(dst), threads=threads, exist_ok=True,
+                       out_size=list(FRAME) if rescale else None)
+            backend = OnnxBackend(dst, threads=threads)
 
-        def call() -> torch.Tensor:
-            small = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if rescale else x
-            return backend(small)
+            def call() -> torch.Tensor:
+                small = F.interpolate(x, size=size, mode="bilinear", align_corners=False) if rescale else x
+                return backend(small)
 
-        if tuple(call().shape[-2:]) != FRAME:
-            raise RuntimeError(f"the export at {size} returned logits of another size than the frame's")
-        for _ in range(2):
-            call()
-        best = []
-        for _ in range(3):
-            times = []
-            for _ in range(20):
-                t0 = time.perf_counter()
-                call()
-                times.append((time.perf_counter() - t0) * 1e3)
-            best.append(statistics.median(times))
-        return min(best)
+            if tuple(call().shape[-2:]) != FRAME:
+                raise RuntimeError(f"the export at {size} returned logits of another size than the frame's")
+            return best_median_ms(call, runs=20, warmup=2, passes=3)
+    finally:
+        torch.set_num_threads(torch_threads)
 
 
 def picture(weights: Path, data_yaml: str, path: Path, n: int = 4) -> None:

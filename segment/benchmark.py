@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -108,24 +108,30 @@ def model_configs(args: argparse.Namespace) -> list[tuple[str, str, dict[str, An
 
 
 def cpu_latency_ms(model: nn.Module, img_size: tuple[int, int], runs: int, warmup: int, passes: int = 1) -> float:
-    """Median wall time (ms) of one batch-1 forward in inference mode; the lowest over ``passes`` repeats.
-
-    On a CPU shared with other jobs a burst of foreign load stalls torch's worker threads at every
-    barrier and can inflate a whole pass several-fold; separate passes let one quiet pass through.
-    """
+    """Median wall time (ms) of one batch-1 forward in inference mode; the lowest over ``passes`` repeats
+    (see ``best_median_ms``)."""
     model.eval().to(memory_format=torch.channels_last)  # the layout val/train run in (segment.common)
     x = torch.rand(1, 3, *img_size).contiguous(memory_format=torch.channels_last)
-    medians = []
     with torch.inference_mode():
-        for _ in range(warmup):
-            model(x)
-        for _ in range(passes):
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1e3)
-            medians.append(statistics.median(times))
+        return best_median_ms(lambda: model(x), runs, warmup, passes)
+
+
+def best_median_ms(call: Callable[[], Any], runs: int, warmup: int, passes: int = 1) -> float:
+    """The lowest over ``passes`` of the median wall time (ms) of ``runs`` calls, after ``warmup`` calls.
+
+    On a CPU shared with other jobs a burst of foreign load stalls the worker threads at every barrier
+    and can inflate a whole pass several-fold; separate passes let one quiet pass through.
+    """
+    for _ in range(warmup):
+        call()
+    medians = []
+    for _ in range(passes):
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - t0) * 1e3)
+        medians.append(statistics.median(times))
     return min(medians)
 
 
