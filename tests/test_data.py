@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_dataset
+from tests.conftest import CAMVID, write_dataset
 from utils.augment import train_transform, val_transform
 from utils.dataconfig import load_data_config
+from utils.dataset_check import check_split
 from utils.datasets import SegDataset, SeededSampler, build_loader, class_weights_from_counts
 from utils.errors import UserError
 from utils.synthetic import shapes_sample
@@ -27,6 +28,31 @@ def test_yaml_keys_names_mapping_and_txt_split(tmp_path):
     assert [p.name for p in d.split_images("val")] == ["000.png", "002.png"]
     with pytest.raises(UserError, match="no 'test' split"):
         d.split_images("test")
+
+
+def test_glob_splits_select_by_file_name_and_a_pattern_that_matches_nothing_is_refused(tmp_path):
+    """Splitting one folder by sequence prefix (CamVid's 0006R0_*, data/camvid_holdout.yaml) with glob entries."""
+    root = tmp_path / "d"
+    write_dataset(root, {"train": 5})
+    for kind in ("images", "masks"):
+        for i, name in enumerate(["A_0", "A_1", "B_0", "B_1", "A_2"]):
+            (root / kind / "train" / f"{i:03d}.png").rename(root / kind / "train" / f"{name}.png")
+    (root / "images" / "train" / "A_notes.txt").write_text("not an image")
+    (root / "images" / "extra" / "deep").mkdir(parents=True)
+    (root / "images" / "train" / "B_1.png").rename(root / "images" / "extra" / "deep" / "B_1.png")
+    y = tmp_path / "d.yaml"
+    y.write_text(dump_yaml({"path": str(root), "train": ["images/train/A_*", str(root / "images/train/B_[0]*")],
+                            "val": "images/**/B_?.png", "test": "images/train/C_*", "nc": 3,
+                            "names": ["a", "b", "c"]}))
+    d = load_data_config(y)
+    assert [p.name for p in d.split_images("train")] == ["A_0.png", "A_1.png", "A_2.png", "B_0.png"]
+    assert [p.relative_to(root).as_posix() for p in d.split_images("val")] == [
+        "images/extra/deep/B_1.png", "images/train/B_0.png"]
+    with pytest.raises(UserError, match=r"split 'test': the pattern .*C_\* matches no image"):
+        d.split_images("test")
+    report = check_split(d, "train", workers=1, use_cache=False)  # each image finds its mask by name
+    assert not report.problems and [m.relative_to(root).as_posix() for _, m in report.items] == [
+        "masks/train/A_0.png", "masks/train/A_1.png", "masks/train/A_2.png", "masks/train/B_0.png"]
 
 
 def test_relative_path_uses_seg_datasets_dir_and_reports_where_it_looked(tmp_path, monkeypatch):
@@ -163,3 +189,15 @@ def test_auto_class_weights():
     p = np.array([0.9, 0.09, 0.01])
     raw = 1 / np.log(1.02 + p)
     assert w[:3] == pytest.approx(list(raw / raw.mean()), abs=1e-5)
+
+
+@pytest.mark.skipif(not (CAMVID / "images").is_dir(), reason="CamVid not found ($SEG_DATASETS_DIR/camvid or ../shared/datasets/camvid)")
+def test_camvid_holdout_yaml_validates_on_a_train_sequence_it_does_not_train_on(monkeypatch):
+    monkeypatch.setenv("SEG_DATASETS_DIR", str(CAMVID.parent))
+    data_dir = Path(__file__).resolve().parents[1] / "data"
+    d = load_data_config(data_dir / "camvid_holdout.yaml")
+    train, val = d.split_images("train"), d.split_images("val")
+    seq = lambda files: sorted({p.name.split("_")[0] for p in files})  # noqa: E731
+    assert (len(train), len(val)) == (266, 101) and seq(train) == ["0001TP", "0016E5"] and seq(val) == ["0006R0"]
+    assert "test" not in d.splits  # a choice made with this file cannot look at test
+    assert sorted(train + val) == load_data_config(data_dir / "camvid.yaml").split_images("train")  # all of train

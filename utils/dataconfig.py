@@ -1,7 +1,7 @@
 """Dataset YAMLs: where the images are, which split is which, what the classes are.
 
     path: camvid            # relative -> $SEG_DATASETS_DIR/camvid, else <repo>/datasets/camvid
-    train: images/train     # a folder, a list of folders, or a .txt list of image paths
+    train: images/train     # a folder, a .txt list of image paths, a glob (images/train/0001TP_*), or a list of these
     val: images/val
     test: images/test       # optional
     nc: 11
@@ -73,6 +73,8 @@ class DataConfig:
             p = Path(entry) if Path(entry).is_absolute() else self.root / entry
             if p.is_dir():
                 files += image_files(p)
+            elif _GLOB_CHARS & set(str(entry)) and not p.exists():
+                files += _glob_images(p, split, self.yaml_file)
             elif p.suffix == ".txt" and p.is_file():
                 try:  # utf-8-sig: a list saved by Notepad starts with a byte-order mark, not part of the path
                     text = p.read_text(encoding="utf-8-sig")
@@ -85,11 +87,28 @@ class DataConfig:
                         f = Path(line)
                         files.append(f if f.is_absolute() else self.root / f)
             else:
-                raise EmptySplitError(f"{self.yaml_file}: split '{split}': {p} is neither a folder nor a .txt list")
+                raise EmptySplitError(f"{self.yaml_file}: split '{split}': {p} is neither a folder, a .txt list "
+                                      f"nor a glob pattern")
         if not files:
             raise EmptySplitError(f"{self.yaml_file}: split '{split}' is empty (no images in {', '.join(self.splits[split])})")
         _refuse_duplicates(self.yaml_file, split, files)
         return files
+
+
+_GLOB_CHARS = set("*?[")
+
+
+def _glob_images(pattern: Path, split: str, yaml_file: Path) -> list[Path]:
+    """Image files matching ``pattern`` (``*``, ``?``, ``[...]``, ``**``), sorted; a pattern that matches no
+    image is an error of its own, so a typo cannot silently shrink a split."""
+    parts = pattern.parts
+    first = next(i for i, q in enumerate(parts) if _GLOB_CHARS & set(q))
+    base, rest = Path(*parts[:first]), str(Path(*parts[first:]))  # Path.glob takes relative patterns only
+    files = sorted(f for f in base.glob(rest) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    if not files:
+        raise EmptySplitError(f"{yaml_file}: split '{split}': the pattern {pattern} matches no image "
+                              f"({', '.join(IMAGE_SUFFIXES)})")
+    return files
 
 
 def image_files(folder: Path) -> list[Path]:
