@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from utils.yamlio import load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_GLOB_CHARS = set("*?[")  # an entry holding one of these (and naming no file) is a pattern
 
 
 def datasets_dir() -> Path:
@@ -95,16 +97,11 @@ class DataConfig:
         return files
 
 
-_GLOB_CHARS = set("*?[")
-
-
 def _glob_images(pattern: Path, split: str, yaml_file: Path) -> list[Path]:
     """Image files matching ``pattern`` (``*``, ``?``, ``[...]``, ``**``), sorted; a pattern that matches no
     image is an error of its own, so a typo cannot silently shrink a split."""
-    parts = pattern.parts
-    first = next(i for i, q in enumerate(parts) if _GLOB_CHARS & set(q))
-    base, rest = Path(*parts[:first]), str(Path(*parts[first:]))  # Path.glob takes relative patterns only
-    files = sorted(f for f in base.glob(rest) if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    files = sorted(f for f in map(Path, glob.glob(str(pattern), recursive=True))
+                   if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not files:
         raise EmptySplitError(f"{yaml_file}: split '{split}': the pattern {pattern} matches no image "
                               f"({', '.join(IMAGE_SUFFIXES)})")
