@@ -21,9 +21,12 @@ Usage:
     python benchmarks/camvid_budget.py --minutes 15 --seed 1              # seed noise: a second 15-min run
     python benchmarks/camvid_budget.py --minutes 15 --label "15 min, no crop" --group ablation -- --crop 360 480
     python benchmarks/camvid_budget.py --retime "60 min, seed 0"          # time a stored row's model again
+    python benchmarks/camvid_budget.py --minutes 30 --data data/camvid_holdout.yaml --split val -- --lr0 1e-3
 Flags after ``--`` go to the recipe unchanged (they override its preset). ``--retime`` re-measures only the
 latency columns of a stored row from its run's best.pt (when something else ran during the first timing)
-and keeps everything else of the row.
+and keeps everything else of the row. ``--split val`` makes a selection row: the run is scored on its data's
+val split (data/camvid_holdout.yaml: a sequence the model never trains on), test is never read, and the row
+goes to a table of its own, for choosing a setting before it is trained on all of train and scored on test.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repo importable
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = "unet-lite/yolo8-seg/camvid_yolov8n.py"
 START, END = "<!-- camvid-budget:start -->", "<!-- camvid-budget:end -->"
-GROUPS = ("budget", "ablation", "heads")  # the order of the rows in the tables
+GROUPS = ("budget", "ablation", "heads", "selection")  # the order of the rows in the tables
 
 
 def split_recipe_flags(argv: list[str] | None) -> tuple[list[str], list[str]]:
@@ -69,8 +72,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--recipe", default=RECIPE, help="the training script (a unet-lite/ recipe)")
     p.add_argument("--data", default="data/camvid.yaml")
     p.add_argument("--label", default=None, help="row name (default: '<minutes> min, seed <seed>')")
-    p.add_argument("--group", default="budget", choices=list(GROUPS),
+    p.add_argument("--group", default="budget", choices=[g for g in GROUPS if g != "selection"],
                    help="budget: the recipe as shipped; ablation: one change; heads: a head on the same budget")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="the split the row is scored on: test (the protocol's figure) or val (a selection row: "
+                        "data whose val the model never trains on, e.g. data/camvid_holdout.yaml; test is not read)")
     p.add_argument("--project", default="runs/camvid-budget")
     p.add_argument("--out", default="BENCHMARKS.md")
     p.add_argument("--store", default="benchmarks/results/camvid_budget.json")
@@ -81,8 +87,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     a = p.parse_args(argv)
     if (a.minutes is None) == (a.retime is None):
         p.error("give --minutes (train and score a budget) or --retime LABEL (time a stored row again)")
-    if a.retime is not None and (extra or a.label or a.picture):
-        p.error("--retime times a stored row as it is: no recipe flags, --label or --picture with it")
+    if a.retime is not None and (extra or a.label or a.picture or a.split != "test"):
+        p.error("--retime times a stored row as it is: no recipe flags, --label, --picture or --split with it")
+    if a.split == "val" and a.picture:
+        p.error("--picture shows test images, which a selection row (--split val) never reads")
     return a, extra
 
 
@@ -236,9 +244,20 @@ def _commit(outputs: tuple[str, ...] = ()) -> str:
 
 def _test_cell(r: dict[str, Any]) -> str:
     """Test mIoU in bold, with its 95% bootstrap interval over the test images when the row has one."""
-    iv = r.get("test_interval")
+    return _miou_cell(r["test_mIoU"], r.get("test_interval"))
+
+
+def _miou_cell(miou: float, iv: list[float | None] | None) -> str:
+    """An mIoU in bold, with its 95% bootstrap interval over the images when there is one."""
     shown = iv is not None and all(isinstance(v, (int, float)) for v in iv)  # null: the draws had no mIoU
-    return f"**{100 * r['test_mIoU']:.1f}**" + (f" ({100 * iv[0]:.1f}-{100 * iv[1]:.1f})" if shown else "")
+    return f"**{100 * miou:.1f}**" + (f" ({100 * iv[0]:.1f}-{100 * iv[1]:.1f})" if shown else "")
+
+
+def _per_class(rows: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """A per-class IoU table (%), one line per row."""
+    out = ["| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    return out + [f"| {r['label']} | " + " | ".join(f"{100 * r['per_class'][n]:.1f}" for n in names) + " |"
+                  for r in rows]
 
 
 def format_tables(rows: dict[str, dict[str, Any]]) -> str:
@@ -247,8 +266,9 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
         return ""
     ordered = sorted(rows.values(), key=lambda r: (GROUPS.index(r["group"]), r["minutes"], r["seed"], r["label"]))
     names = list(ordered[0]["per_class"])
-    runs = [r for r in ordered if r["group"] != "heads"]
+    runs = [r for r in ordered if r["group"] in ("budget", "ablation")]
     heads = [r for r in ordered if r["group"] == "heads"]
+    chosen = [r for r in ordered if r["group"] == "selection"]
     out: list[str] = []
     if runs:
         out += ["| run | budget (min) | seed | test mIoU (95% CI) | val mIoU | epochs | train img/s | wall (min) | "
@@ -275,10 +295,20 @@ def format_tables(rows: dict[str, dict[str, Any]]) -> str:
                        f"{_test_cell(r)} | {100 * r['val_mIoU']:.1f} | {r['epochs']} | "
                        f"{r['img_per_s']:.1f} | {_ms(r['torch_ms'])} | {_ms(r.get('ort_ms'))} | {r['peak_rss_gib']:.2f} | "
                        f"{_stamp(r)} |")
-    out += ["", "Test IoU per class (%):", "",
-            "| run | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for r in ordered:
-        out.append(f"| {r['label']} | " + " | ".join(f"{100 * r['per_class'][n]:.1f}" for n in names) + " |")
+    scored = runs + heads
+    if scored:
+        out += ["", "Test IoU per class (%):", ""] + _per_class(scored, names)
+    if chosen:
+        out += [""] if out else []
+        out += ["Selection runs (`--split val`: scored on the val split of their data, a sequence the model never "
+                "trains on; test is not read; best.pt as the recipe chooses it):", "",
+                "| run | data | budget (min) | seed | val mIoU (95% CI) | epochs | train img/s | wall (min) | "
+                "peak RSS (GiB) | date, CPU, commit |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in chosen:
+            out.append(f"| {r['label']} | {Path(r['data']).name} | {r['minutes']:g} | {r['seed']} | "
+                       f"{_miou_cell(r['val_mIoU'], r.get('val_interval'))} | {r['epochs']} | {r['img_per_s']:.1f} | "
+                       f"{r['wall_s'] / 60:.1f} | {r['peak_rss_gib']:.2f} | {_stamp(r)} |")
+        out += ["", "Val IoU per class (%), selection runs:", ""] + _per_class(chosen, names)
     out += ["", "Commands (flags after the recipe name override its preset):", ""]
     out += [f"- {r['label']}: `{r['command']}`" for r in ordered]
     machines = sorted({r["machine"] for r in ordered})
@@ -334,6 +364,8 @@ def retime(a: argparse.Namespace) -> dict[str, Any]:
     if a.retime not in rows:
         raise SystemExit(f"--retime: no row '{a.retime}' in {store}; rows: {', '.join(rows)}")
     row = dict(rows[a.retime])
+    if row["group"] == "selection":
+        raise SystemExit(f"--retime: '{a.retime}' is a selection row, which has no latency columns")
     best = Path(row["run"]) / "weights" / "best.pt"
     if not best.is_file():
         raise SystemExit(f"--retime: the row's checkpoint {best} is not on this machine")
@@ -358,8 +390,15 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     from segment import val
     from segment.benchmark import machine
     from utils.checkpoint import load_checkpoint
+    from utils.dataconfig import EmptySplitError, load_data_config
 
-    label = a.label or f"{a.minutes:g} min, seed {a.seed}"
+    try:  # before the hour of training: a split to score that the data does not have is refused now, not after it
+        load_data_config(a.data).split_images(a.split)
+    except EmptySplitError as e:
+        hint = "; --split val scores a selection row on val instead" if a.split == "test" else ""
+        raise EmptySplitError(f"--split {a.split}: {e}{hint}") from None
+    selection = a.split == "val"
+    label = a.label or f"{a.minutes:g} min, seed {a.seed}" + (f", {Path(a.data).stem}" if selection else "")
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_")  # a run folder name the trainer accepts
     commit = _commit((a.out, a.store))  # before training: commits made while it runs are not the code that trained
     run, wall, peak = train(a, extra, name)
@@ -367,27 +406,32 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     best_epoch = int(load_checkpoint(best)["epoch"])
     # the checkpoint's own input size (--val-size if the run set one), the one val.py and predict.py use for
     # it; the metrics are at each mask's own size (CamVid: 360x480)
-    test = val.run(weights=best, data=a.data, split="test", project=str(run / "test"), name="exp", exist_ok=True,
-                   bootstrap=1000)
-    size = (int(test["img_size"][0]), int(test["img_size"][1]))
+    scores = val.run(weights=best, data=a.data, split=a.split, project=str(run / a.split), name="exp", exist_ok=True,
+                     bootstrap=1000)
+    size = (int(scores["img_size"][0]), int(scores["img_size"][1]))
     row: dict[str, Any] = {
-        "label": label, "group": a.group, "minutes": a.minutes, "seed": a.seed,
+        "label": label, "group": "selection" if selection else a.group, "minutes": a.minutes, "seed": a.seed,
         "command": " ".join(["python", a.recipe, "--data", a.data, "--time", f"{a.minutes / 60:.6g}",
                              "--seed", str(a.seed), *extra]),
-        "params": test["params"], "gflops": test["gflops"],
-        "test_mIoU": test["mIoU"], "test_interval": [test["bootstrap"]["lo"], test["bootstrap"]["hi"]],
-        "per_class": {k: v["iou"] for k, v in test["per_class"].items()},
+        "data": a.data, "params": scores["params"], "gflops": scores["gflops"],
+        f"{a.split}_mIoU": scores["mIoU"], f"{a.split}_interval": [scores["bootstrap"]["lo"], scores["bootstrap"]["hi"]],
+        "per_class": {k: v["iou"] for k, v in scores["per_class"].items()},
         **training_figures(run, best_epoch), "best_epoch": best_epoch, "wall_s": wall, "peak_rss_gib": peak,
-        "infer_size": list(size), **latencies(best, a.threads, onnx=not a.no_onnx, size=size),
-        "machine": machine(), "date": datetime.date.today().isoformat(), "run": str(run), "commit": commit,
+        "infer_size": list(size), "machine": machine(), "date": datetime.date.today().isoformat(), "run": str(run),
+        "commit": commit,
     }
-    row.setdefault("ort_ms", None)
+    if selection:  # the scored val replaces the trainer's figure of the same split and weights
+        row["val_mIoU"] = scores["mIoU"]
+    else:  # a selection row chooses a setting; what the chosen model costs is timed on its test row
+        row.update({"ort_ms": None, **latencies(best, a.threads, onnx=not a.no_onnx, size=size)})
     if a.picture:
         picture(best, a.data, Path(a.picture))
     merge(_in_repo(a.store), _in_repo(a.out), row)
-    print(f"{label}: test mIoU {100 * row['test_mIoU']:.1f} (val {100 * row['val_mIoU']:.1f}), {row['epochs']} epochs, "
-          f"{wall / 60:.1f} min wall, peak RSS {peak:.2f} GiB, {row['torch_ms']:.1f} ms/img PyTorch"
-          + (f", {row['ort_ms']:.1f} ms/img ORT" if row["ort_ms"] is not None else ""))
+    scored = (f"val mIoU {100 * row['val_mIoU']:.1f} (test not read)" if selection else
+              f"test mIoU {100 * row['test_mIoU']:.1f} (val {100 * row['val_mIoU']:.1f})")
+    print(f"{label}: {scored}, {row['epochs']} epochs, {wall / 60:.1f} min wall, peak RSS {peak:.2f} GiB"
+          + ("" if selection else f", {row['torch_ms']:.1f} ms/img PyTorch")
+          + (f", {row['ort_ms']:.1f} ms/img ORT" if row.get("ort_ms") is not None else ""))
     return row
 
 

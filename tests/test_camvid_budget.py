@@ -203,6 +203,48 @@ def test_heads_rows_get_their_own_table_and_head_specs_become_recipe_flags(tmp_p
             head_flags(bad)
 
 
+def test_selection_rows_get_their_own_tables_and_are_never_retimed(tmp_path):
+    """A --split val row (scored on held-out val, test never read) is not in the test tables and has no latency."""
+    store, out = tmp_path / "rows.json", tmp_path / "BENCHMARKS.md"
+    camvid_budget.merge(store, out, _row("15 min, seed 0", 15, 0.45))
+    sel = {**_row("30 min, seed 0, camvid_holdout", 30, 0.0), "group": "selection", "data": "data/camvid_holdout.yaml",
+           "val_mIoU": 0.40625, "val_interval": [0.375, 0.4375], "per_class": {"Sky": 0.875, "Pole": 0.0625}}
+    del sel["test_mIoU"], sel["torch_ms"], sel["ort_ms"]
+    camvid_budget.merge(store, out, sel)
+    table = out.read_text().split(camvid_budget.START)[1].split(camvid_budget.END)[0]
+    tested, selected = table.split("Selection runs")
+    assert "camvid_holdout" not in tested.split("Commands")[0]  # neither in the test table nor its per-class one
+    assert ("| 30 min, seed 0, camvid_holdout | camvid_holdout.yaml | 30 | 0 | **40.6** (37.5-43.8) | 12 | 9.5 | "
+            "30.0 | 1.50 | 2026-12-02, m, ? |") in selected
+    assert "| 30 min, seed 0, camvid_holdout | 87.5 | 6.2 |" in selected.split("Val IoU per class")[1]
+    with pytest.raises(SystemExit, match="selection row, which has no latency"):
+        camvid_budget._main(["--retime", "30 min, seed 0, camvid_holdout", "--store", str(store), "--out", str(out)])
+
+
+def test_a_split_the_data_lacks_is_refused_before_training_and_val_makes_a_selection_row(tiny_data, tmp_path):
+    """Data without a test split: the default (score on test) stops before any training with the way out named;
+    --split val trains, scores val with an interval, times nothing and writes a selection row."""
+    from utils.errors import UserError
+
+    store, out, project = tmp_path / "rows.json", tmp_path / "BENCHMARKS.md", tmp_path / "runs"
+    args = ["--minutes", "0.5", "--data", str(tiny_data), "--store", str(store), "--out", str(out),
+            "--project", str(project), "--", "--img-size", "40", "56", "--crop", "32", "48", "--batch-size", "4",
+            "--workers", "0", "--cache", "none", "--epochs", "2", "--val-period", "1"]
+    with pytest.raises(UserError, match="no 'test' split.*--split val scores a selection row"):
+        camvid_budget._main(args)
+    assert not project.exists() and not store.exists()  # refused before the run folder or a row was written
+    with pytest.raises(SystemExit):  # a selection row never reads test, so it has no test pictures either
+        camvid_budget.parse_args(["--minutes", "1", "--split", "val", "--picture", "p.jpg"])
+    row = camvid_budget._main(["--split", "val", *args])
+    assert row["group"] == "selection" and row["label"] == "0.5 min, seed 0, data" and row["epochs"] == 2
+    assert "test_mIoU" not in row and "torch_ms" not in row and list(row["per_class"]) == ["c0", "c1", "c2"]
+    lo, hi = row["val_interval"]
+    assert 0.0 <= lo <= row["val_mIoU"] <= hi <= 1.0
+    metrics = json.loads((project / "0.5_min_seed_0_data" / "val" / "exp" / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["mIoU"] == row["val_mIoU"]
+    assert "| 0.5 min, seed 0, data | data.yaml | 0.5 | 0 |" in out.read_text()
+
+
 def _preset(script: str) -> dict:
     return _load_preset(REPO / "unet-lite" / "yolo8-seg" / script)
 
