@@ -414,15 +414,15 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         "command": " ".join(["python", a.recipe, "--data", a.data, "--time", f"{a.minutes / 60:.6g}",
                              "--seed", str(a.seed), *extra]),
         "data": a.data, "params": scores["params"], "gflops": scores["gflops"],
+        # after the trainer's figures: on a selection row the scored val (with its interval) is the val column
+        **training_figures(run, best_epoch),
         f"{a.split}_mIoU": scores["mIoU"], f"{a.split}_interval": [scores["bootstrap"]["lo"], scores["bootstrap"]["hi"]],
         "per_class": {k: v["iou"] for k, v in scores["per_class"].items()},
-        **training_figures(run, best_epoch), "best_epoch": best_epoch, "wall_s": wall, "peak_rss_gib": peak,
+        "best_epoch": best_epoch, "wall_s": wall, "peak_rss_gib": peak,
         "infer_size": list(size), "machine": machine(), "date": datetime.date.today().isoformat(), "run": str(run),
         "commit": commit,
     }
-    if selection:  # the scored val replaces the trainer's figure of the same split and weights
-        row["val_mIoU"] = scores["mIoU"]
-    else:  # a selection row chooses a setting; what the chosen model costs is timed on its test row
+    if not selection:  # a selection row chooses a setting; what the chosen model costs is timed on its test row
         row.update({"ort_ms": None, **latencies(best, a.threads, onnx=not a.no_onnx, size=size)})
     if a.picture:
         picture(best, a.data, Path(a.picture))
